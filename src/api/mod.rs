@@ -1,0 +1,167 @@
+//! The git.dev Deployments API: wire types, errors, the HTTP client and its rate budget.
+//!
+//! The reconciler talks to the API only through [`DeploymentsApi`], so that it can be tested
+//! against a fake without HTTP.
+
+pub mod error;
+pub mod types;
+
+use std::fmt;
+use std::future::Future;
+
+pub use error::{ApiError, ErrorClass};
+pub use types::*;
+
+/// The endpoints of the API, as metric labels and in error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Create,
+    List,
+    Get,
+    Cancel,
+    Delete,
+    Logs,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 6] = [
+        Self::Create,
+        Self::List,
+        Self::Get,
+        Self::Cancel,
+        Self::Delete,
+        Self::Logs,
+    ];
+
+    /// Stable label for metrics: `create`, `list`, `get`, `cancel`, `delete`, `logs`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::List => "list",
+            Self::Get => "get",
+            Self::Cancel => "cancel",
+            Self::Delete => "delete",
+            Self::Logs => "logs",
+        }
+    }
+
+    /// Human form used in messages, e.g. `POST /deployments`.
+    pub fn route(self) -> &'static str {
+        match self {
+            Self::Create => "POST /deployments",
+            Self::List => "GET /deployments",
+            Self::Get => "GET /deployments/{id}",
+            Self::Cancel => "POST /deployments/{id}/cancel",
+            Self::Delete => "DELETE /deployments/{id}",
+            Self::Logs => "GET /deployments/{id}/logs",
+        }
+    }
+
+    /// Safe to repeat: the server state after two calls equals the state after one.
+    pub fn is_idempotent(self) -> bool {
+        !matches!(self, Self::Create)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.route())
+    }
+}
+
+/// An API token. It is only ever sent in the `Authorization` header: `Debug` and `Display`
+/// print a redacted form, so it cannot reach a log by accident.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The secret itself, for the `Authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+impl fmt::Display for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How urgent a call is when the token's rate budget is short. Removing or stopping remote
+/// work and starting what users asked for come before observing what is already known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// GET / list / logs of deployments whose state we already mirror.
+    Observe = 0,
+    /// Create.
+    Create = 1,
+    /// Cancel and delete.
+    Act = 2,
+}
+
+impl Endpoint {
+    pub fn default_priority(self) -> Priority {
+        match self {
+            Self::Cancel | Self::Delete => Priority::Act,
+            Self::Create => Priority::Create,
+            Self::List | Self::Get | Self::Logs => Priority::Observe,
+        }
+    }
+}
+
+/// The calls the operator makes. Every call names the token it spends, because the operator
+/// serves objects of many namespaces with different tokens.
+pub trait DeploymentsApi: Send + Sync + 'static {
+    fn create(
+        &self,
+        token: &ApiToken,
+        request: &CreateDeploymentRequest,
+    ) -> impl Future<Output = Result<CreatedDeployment, ApiError>> + Send;
+
+    fn list(
+        &self,
+        token: &ApiToken,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<DeploymentList, ApiError>> + Send;
+
+    fn get(
+        &self,
+        token: &ApiToken,
+        id: &str,
+    ) -> impl Future<Output = Result<DeploymentDetails, ApiError>> + Send;
+
+    fn cancel(
+        &self,
+        token: &ApiToken,
+        id: &str,
+    ) -> impl Future<Output = Result<CancelledDeployment, ApiError>> + Send;
+
+    /// `Ok(())` on 204. A 404 is returned as an error; callers that treat it as done say so.
+    fn delete(&self, token: &ApiToken, id: &str)
+    -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    fn logs(&self, token: &ApiToken, id: &str)
+    -> impl Future<Output = Result<String, ApiError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_never_prints_itself() {
+        let t = ApiToken::new("sk_live_secret");
+        assert!(!format!("{t:?} {t}").contains("sk_live_secret"));
+        assert_eq!(t.expose(), "sk_live_secret");
+    }
+}

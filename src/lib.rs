@@ -1,0 +1,3 @@
+//! git.dev Deployments operator: resource types, API client, reconciler, metrics and the simulator.
+
+pub mod api;

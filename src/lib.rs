@@ -1,3 +1,4 @@
 //! git.dev Deployments operator: resource types, API client, reconciler, metrics and the simulator.
 
 pub mod api;
+pub mod resource;

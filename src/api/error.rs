@@ -49,7 +49,9 @@ pub enum ApiError {
     },
     /// The process-wide budget of this token has no room for this call within the caller's
     /// patience: nothing was sent. Retry after `retry_after`.
-    #[error("{endpoint} not sent: this token's rate budget admits the next request in {retry_after:?}")]
+    #[error(
+        "{endpoint} not sent: this token's rate budget admits the next request in {retry_after:?}"
+    )]
     Throttled {
         endpoint: Endpoint,
         retry_after: Duration,

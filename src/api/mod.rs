@@ -3,13 +3,17 @@
 //! The reconciler talks to the API only through [`DeploymentsApi`], so that it can be tested
 //! against a fake without HTTP.
 
+pub mod client;
 pub mod error;
+pub mod ratelimit;
 pub mod types;
 
 use std::fmt;
 use std::future::Future;
 
+pub use client::{ApiObserver, ClientConfig, HttpClient, RetryPolicy};
 pub use error::{ApiError, ErrorClass};
+pub use ratelimit::{BudgetSnapshot, RateLimiter};
 pub use types::*;
 
 /// The endpoints of the API, as metric labels and in error messages.
@@ -147,11 +151,17 @@ pub trait DeploymentsApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<CancelledDeployment, ApiError>> + Send;
 
     /// `Ok(())` on 204. A 404 is returned as an error; callers that treat it as done say so.
-    fn delete(&self, token: &ApiToken, id: &str)
-    -> impl Future<Output = Result<(), ApiError>> + Send;
+    fn delete(
+        &self,
+        token: &ApiToken,
+        id: &str,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
 
-    fn logs(&self, token: &ApiToken, id: &str)
-    -> impl Future<Output = Result<String, ApiError>> + Send;
+    fn logs(
+        &self,
+        token: &ApiToken,
+        id: &str,
+    ) -> impl Future<Output = Result<String, ApiError>> + Send;
 }
 
 #[cfg(test)]

@@ -1,0 +1,948 @@
+//! The HTTP client of the git.dev Deployments API (`shared/spec/deployments-api.md`).
+//!
+//! [`HttpClient`] implements [`DeploymentsApi`] over reqwest (rustls with the ring provider).
+//! Its behaviour on retries, ambiguous creates and rate limits is described for users in
+//! `docs/api-client.md`; in short:
+//!
+//! * safe calls (list, get, logs, cancel, delete) are retried on 500/502/503/504 and on
+//!   transport errors, with full-jitter exponential backoff, bounded in attempts and time;
+//! * `POST /deployments` is never repeated once it may have reached the server: a timeout, a
+//!   lost connection, an unreadable answer or a 5xx gives [`ApiError::OutcomeUnknown`]. Only a
+//!   connection that could not be opened (nothing sent) is retried;
+//! * every call first takes a token from the process-wide budget of its API token
+//!   ([`super::ratelimit`]); a 429 that still arrives pauses the token and the call is sent
+//!   again once the pause is over.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use futures::Stream;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use super::ratelimit::{Budget, BudgetSnapshot, RateLimitHeaders, RateLimiter};
+use super::types::{
+    CancelledDeployment, CreateDeploymentRequest, CreatedDeployment, DeploymentDetails,
+    DeploymentList, DeploymentStatus, DeploymentSummary, ErrorEnvelope, HEADER_RETRY_AFTER,
+    ListQuery,
+};
+use super::{ApiError, ApiToken, DeploymentsApi, Endpoint};
+
+/// Production base URL of the API.
+pub const DEFAULT_BASE_URL: &str = "https://api.git.dev/v1";
+
+/// Page size of [`HttpClient::list_all`]: the API's maximum.
+pub const LIST_ALL_PAGE_SIZE: u32 = 100;
+
+/// Longest excerpt of a non-JSON error body kept in [`ApiError::Status`]'s message.
+const BODY_EXCERPT_CHARS: usize = 200;
+
+/// Told about every HTTP attempt (retries included) and every wait for rate budget, e.g. to
+/// feed metrics. Must be cheap: it is called on the request path.
+pub trait ApiObserver: Send + Sync {
+    /// One HTTP attempt ended. `outcome` is `"success"` or [`ApiError::category`] of what the
+    /// attempt produced; `status` is the HTTP status when the server answered.
+    fn request_finished(
+        &self,
+        endpoint: Endpoint,
+        outcome: &str,
+        status: Option<u16>,
+        elapsed: Duration,
+    );
+
+    /// A call waited `waited` (possibly zero) for its token's rate budget before being sent,
+    /// or before being refused with [`ApiError::Throttled`].
+    fn budget_wait(&self, endpoint: Endpoint, waited: Duration) {
+        let _ = (endpoint, waited);
+    }
+}
+
+/// Retries of failed attempts (not of 429s, which have their own bound).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts of one call, the first included (1 = never retry).
+    pub max_attempts: u32,
+    /// Backoff ceiling of the first retry; doubled at each retry.
+    pub base_backoff: Duration,
+    /// Largest backoff ceiling.
+    pub max_backoff: Duration,
+    /// No retry starts once the call has run this long (budget waits included).
+    pub max_elapsed: Duration,
+    /// How many 429 answers one call may meet before the 429 is returned.
+    pub max_rate_limited: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            max_elapsed: Duration::from_secs(30),
+            max_rate_limited: 5,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry a failed attempt (429s are still waited out).
+    pub fn no_retries() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The ceiling of the backoff before retry number `retry` (1 = first retry):
+    /// `min(max_backoff, base_backoff * 2^(retry-1))`.
+    pub fn backoff_ceiling(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1).min(20));
+        self.base_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+
+    /// "Full jitter": a uniformly random pause in `[0, ceiling]`, so that clients that failed
+    /// together do not retry together.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self.backoff_ceiling(retry).as_secs_f64();
+        if ceiling <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(rand::random_range(0.0..=ceiling))
+    }
+}
+
+/// How to reach the API. The token is not part of it: every call names its own.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// e.g. `https://api.git.dev/v1` (a trailing `/` is ignored).
+    pub base_url: String,
+    /// Whole-attempt timeout: connect, send, and read the answer.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// How long a call may wait locally for its token's rate budget; beyond that it returns
+    /// [`ApiError::Throttled`] without sending anything.
+    pub max_budget_wait: Duration,
+    pub user_agent: String,
+    pub observer: Option<Arc<dyn ApiObserver>>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            max_budget_wait: Duration::from_secs(10),
+            user_agent: concat!("gitdev-operator/", env!("CARGO_PKG_VERSION")).to_owned(),
+            observer: None,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Defaults against another base URL (the simulator, a staging API).
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn ApiObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("base_url", &self.base_url)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retry", &self.retry)
+            .field("max_budget_wait", &self.max_budget_wait)
+            .field("user_agent", &self.user_agent)
+            .field("observer", &self.observer.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// reqwest is built without a crypto provider: install ring as the process default, once.
+/// If someone else installed one already (kube does the same), theirs is kept. Called by
+/// [`HttpClient::new`]; call it before building any other `reqwest::Client` of this crate.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    /// `base` as text without a trailing slash: the scope of rate budgets.
+    scope: String,
+    config: ClientConfig,
+    limiter: Arc<RateLimiter>,
+}
+
+/// The Deployments API over HTTP. Cheap to clone: clones share the connection pool and,
+/// through [`RateLimiter::global`], every token's rate budget.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("config", &self.inner.config)
+            .field("waiting", &self.waiting())
+            .finish()
+    }
+}
+
+/// What one attempt produced, before retry decisions.
+enum Attempt {
+    Answered {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Result<Vec<u8>, reqwest::Error>,
+    },
+    Failed(reqwest::Error),
+}
+
+/// What to do after an attempt.
+enum Next {
+    Done(Result<(StatusCode, Vec<u8>), ApiError>),
+    /// A transient failure of a safe call (or a create that provably sent nothing).
+    Retry {
+        error: ApiError,
+        not_before: Option<Duration>,
+    },
+    /// A 429: the token is paused; send again once the budget admits it.
+    RateLimited(ApiError),
+}
+
+impl HttpClient {
+    /// A client sharing the process-wide rate budgets.
+    pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
+        Self::with_rate_limiter(config, RateLimiter::global())
+    }
+
+    /// A client with its own registry of rate budgets (tests, or a deliberately separate pool).
+    pub fn with_rate_limiter(
+        config: ClientConfig,
+        limiter: Arc<RateLimiter>,
+    ) -> Result<Self, ApiError> {
+        install_crypto_provider();
+        let scope = config.base_url.trim_end_matches('/').to_owned();
+        let base =
+            Url::parse(&scope).map_err(|e| ApiError::Config(format!("base URL {scope:?}: {e}")))?;
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(ApiError::Config(format!(
+                "base URL {scope:?} is not an http(s) URL"
+            )));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(ApiError::Config(format!(
+                "base URL {scope:?} must not have a query or fragment"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
+            // The API does not redirect; following one could replay a create elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ApiError::Config(format!("HTTP client: {}", error_chain(&e))))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                scope,
+                config,
+                limiter,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.inner.scope
+    }
+
+    /// Calls currently waiting for rate budget (all tokens of this client's registry).
+    pub fn waiting(&self) -> usize {
+        self.inner.limiter.waiting()
+    }
+
+    /// The rate budget of `token` as this process sees it.
+    pub fn budget(&self, token: &ApiToken) -> BudgetSnapshot {
+        self.budget_of(token).snapshot()
+    }
+
+    /// Every token's rate budget known to this client's registry (for a gauge).
+    pub fn budgets(&self) -> Vec<BudgetSnapshot> {
+        self.inner.limiter.snapshots()
+    }
+
+    fn budget_of(&self, token: &ApiToken) -> Arc<Budget> {
+        self.inner.limiter.budget(&self.inner.scope, token)
+    }
+
+    /// Every deployment of the token's project (optionally of one status), newest first,
+    /// fetched in pages of 100 until `meta.total` rows were seen or a page comes back empty.
+    /// Rows seen twice (new deployments shift offsets while paging) are yielded once. The
+    /// stream ends after the first error.
+    pub fn list_all(
+        &self,
+        token: &ApiToken,
+        status: Option<DeploymentStatus>,
+    ) -> impl Stream<Item = Result<DeploymentSummary, ApiError>> + Send + 'static {
+        struct State {
+            client: HttpClient,
+            token: ApiToken,
+            status: Option<DeploymentStatus>,
+            offset: u64,
+            buffer: VecDeque<DeploymentSummary>,
+            seen: HashSet<String>,
+            done: bool,
+        }
+        let state = State {
+            client: self.clone(),
+            token: token.clone(),
+            status,
+            offset: 0,
+            buffer: VecDeque::new(),
+            seen: HashSet::new(),
+            done: false,
+        };
+        futures::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(row) = st.buffer.pop_front() {
+                    return Some((Ok(row), st));
+                }
+                if st.done {
+                    return None;
+                }
+                let query = ListQuery {
+                    limit: Some(LIST_ALL_PAGE_SIZE),
+                    offset: Some(st.offset),
+                    status: st.status,
+                };
+                match st.client.list(&st.token, &query).await {
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                    Ok(page) => {
+                        let n = page.data.len() as u64;
+                        st.offset += n;
+                        if n == 0 || st.offset >= page.meta.total {
+                            st.done = true;
+                        }
+                        for row in page.data {
+                            if st.seen.insert(row.id.clone()) {
+                                st.buffer.push_back(row);
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.base.clone();
+        {
+            // Checked in the constructor: the base URL can be a base.
+            let mut path = url.path_segments_mut().expect("base URL can be a base");
+            path.pop_if_empty();
+            // Each segment is percent-encoded: an id cannot change the route.
+            path.extend(segments);
+        }
+        url
+    }
+
+    fn notify_attempt(
+        &self,
+        endpoint: Endpoint,
+        outcome: &str,
+        status: Option<u16>,
+        elapsed: Duration,
+    ) {
+        if let Some(o) = &self.inner.config.observer {
+            o.request_finished(endpoint, outcome, status, elapsed);
+        }
+    }
+
+    fn notify_wait(&self, endpoint: Endpoint, waited: Duration) {
+        if let Some(o) = &self.inner.config.observer {
+            o.budget_wait(endpoint, waited);
+        }
+    }
+
+    /// Sends one call with budget, retries and error mapping; returns the 2xx status and body.
+    async fn execute(
+        &self,
+        endpoint: Endpoint,
+        token: &ApiToken,
+        method: Method,
+        url: Url,
+        query: Option<&ListQuery>,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Vec<u8>), ApiError> {
+        let config = &self.inner.config;
+        let policy = &config.retry;
+        let mut auth =
+            HeaderValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+                ApiError::Config("the API token contains characters not allowed in a header".into())
+            })?;
+        auth.set_sensitive(true);
+        let budget = self.budget_of(token);
+        let started = Instant::now();
+        let mut failures = 0u32;
+        let mut rate_limited = 0u32;
+        let mut attempt = 0u32;
+        loop {
+            let permit = match budget
+                .acquire(endpoint.default_priority(), config.max_budget_wait)
+                .await
+            {
+                Ok(permit) => {
+                    self.notify_wait(endpoint, permit.waited());
+                    permit
+                }
+                Err(throttled) => {
+                    self.notify_wait(endpoint, throttled.waited);
+                    tracing::debug!(
+                        endpoint = endpoint.as_str(),
+                        token = budget.fingerprint(),
+                        retry_after_ms = throttled.retry_after.as_millis() as u64,
+                        "not sent: no rate budget within max_budget_wait"
+                    );
+                    return Err(ApiError::Throttled {
+                        endpoint,
+                        retry_after: throttled.retry_after,
+                    });
+                }
+            };
+            attempt += 1;
+            let attempt_started = Instant::now();
+            let mut request = self
+                .inner
+                .http
+                .request(method.clone(), url.clone())
+                .header(header::AUTHORIZATION, auth.clone())
+                .header(
+                    header::ACCEPT,
+                    if endpoint == Endpoint::Logs {
+                        "text/plain"
+                    } else {
+                        "application/json"
+                    },
+                );
+            if let Some(q) = query {
+                request = request.query(q);
+            }
+            if let Some(b) = &body {
+                request = request
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(b.clone());
+            }
+            let outcome = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    let body = response.bytes().await.map(|b| b.to_vec());
+                    Attempt::Answered {
+                        status,
+                        headers,
+                        body,
+                    }
+                }
+                Err(e) => Attempt::Failed(e),
+            };
+            let next = match outcome {
+                Attempt::Answered {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    let limits = RateLimitHeaders::from_headers(&headers);
+                    let retry_after = retry_after(&headers);
+                    let pause = (status == StatusCode::TOO_MANY_REQUESTS)
+                        .then(|| retry_after.unwrap_or(Duration::from_secs(1)));
+                    permit.answered(&limits, pause);
+                    classify_answer(endpoint, status, &headers, retry_after, body)
+                }
+                Attempt::Failed(e) => {
+                    drop(permit);
+                    classify_failure(endpoint, e)
+                }
+            };
+            let elapsed = attempt_started.elapsed();
+            let (label, status) = match &next {
+                Next::Done(Ok((s, _))) => ("success", Some(s.as_u16())),
+                Next::Done(Err(e)) | Next::Retry { error: e, .. } | Next::RateLimited(e) => {
+                    (e.category(), e.status())
+                }
+            };
+            self.notify_attempt(endpoint, label, status, elapsed);
+            tracing::debug!(
+                endpoint = endpoint.as_str(),
+                token = budget.fingerprint(),
+                attempt,
+                status,
+                outcome = label,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "API attempt finished"
+            );
+            match next {
+                Next::Done(result) => return result,
+                Next::RateLimited(error) => {
+                    rate_limited += 1;
+                    if rate_limited > policy.max_rate_limited {
+                        return Err(error);
+                    }
+                    // The budget is paused until Retry-After; `acquire` waits it out.
+                }
+                Next::Retry { error, not_before } => {
+                    failures += 1;
+                    if failures >= policy.max_attempts {
+                        return Err(error);
+                    }
+                    let mut pause = policy.backoff(failures);
+                    if let Some(nb) = not_before {
+                        pause = pause.max(nb.min(policy.max_backoff));
+                    }
+                    if started.elapsed() + pause > policy.max_elapsed {
+                        return Err(error);
+                    }
+                    tracing::debug!(
+                        endpoint = endpoint.as_str(),
+                        attempt,
+                        backoff_ms = pause.as_millis() as u64,
+                        error = %error,
+                        "retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        token: &ApiToken,
+        method: Method,
+        url: Url,
+        query: Option<&ListQuery>,
+    ) -> Result<T, ApiError> {
+        let (status, body) = self
+            .execute(endpoint, token, method, url, query, None)
+            .await?;
+        decode(endpoint, status, &body)
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    endpoint: Endpoint,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Decode {
+        endpoint,
+        status: status.as_u16(),
+        message: e.to_string(),
+    })
+}
+
+/// Maps an answer to the next step.
+fn classify_answer(
+    endpoint: Endpoint,
+    status: StatusCode,
+    headers: &HeaderMap,
+    retry_after: Option<Duration>,
+    body: Result<Vec<u8>, reqwest::Error>,
+) -> Next {
+    if status.is_success() {
+        return match body {
+            Ok(body) => Next::Done(Ok((status, body))),
+            Err(e) if endpoint == Endpoint::Create => Next::Done(Err(ApiError::OutcomeUnknown {
+                message: format!(
+                    "HTTP {} answered but its body was lost: {}",
+                    status.as_u16(),
+                    error_chain(&e)
+                ),
+            })),
+            Err(e) => Next::Retry {
+                error: ApiError::Transport {
+                    endpoint,
+                    message: format!(
+                        "HTTP {} answered but its body was lost: {}",
+                        status.as_u16(),
+                        error_chain(&e)
+                    ),
+                },
+                not_before: None,
+            },
+        };
+    }
+    let body =
+        body.unwrap_or_else(|e| format!("(body unreadable: {})", error_chain(&e)).into_bytes());
+    let error = status_error(endpoint, status, headers, retry_after, &body);
+    match status.as_u16() {
+        429 => Next::RateLimited(error),
+        500 | 502 | 503 | 504 if endpoint == Endpoint::Create => {
+            // The API has no idempotency key and a 5xx does not say whether the deployment
+            // was made before the fault: the outcome is unknown.
+            Next::Done(Err(ApiError::OutcomeUnknown {
+                message: error.to_string(),
+            }))
+        }
+        500 | 502 | 503 | 504 => Next::Retry {
+            error,
+            not_before: retry_after,
+        },
+        _ => Next::Done(Err(error)),
+    }
+}
+
+/// Maps a failure without an answer to the next step.
+fn classify_failure(endpoint: Endpoint, e: reqwest::Error) -> Next {
+    let message = error_chain(&e);
+    if e.is_builder() {
+        return Next::Done(Err(ApiError::Config(message)));
+    }
+    if endpoint == Endpoint::Create && !e.is_connect() {
+        // Bytes may have reached the server (timeout, reset or close after sending).
+        return Next::Done(Err(ApiError::OutcomeUnknown { message }));
+    }
+    Next::Retry {
+        error: ApiError::Transport { endpoint, message },
+        not_before: None,
+    }
+}
+
+/// `ApiError::Status` from a non-2xx answer: the envelope's code, message and details, or
+/// `http_<status>` and an excerpt of whatever the body was.
+fn status_error(
+    endpoint: Endpoint,
+    status: StatusCode,
+    _headers: &HeaderMap,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> ApiError {
+    let (code, message, details) = match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(env) => (env.error.code, env.error.message, env.error.details),
+        Err(_) => (
+            format!("http_{}", status.as_u16()),
+            excerpt(body, status),
+            Default::default(),
+        ),
+    };
+    ApiError::Status {
+        endpoint,
+        status: status.as_u16(),
+        code,
+        message,
+        details,
+        retry_after,
+    }
+}
+
+/// A short, single-line excerpt of a body for an error message.
+fn excerpt(body: &[u8], status: StatusCode) -> String {
+    let text = String::from_utf8_lossy(body);
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.is_empty() {
+        return status
+            .canonical_reason()
+            .unwrap_or("(empty body)")
+            .to_owned();
+    }
+    if collapsed.chars().count() > BODY_EXCERPT_CHARS {
+        let cut: String = collapsed.chars().take(BODY_EXCERPT_CHARS).collect();
+        format!("{cut}…")
+    } else {
+        collapsed
+    }
+}
+
+/// `Retry-After` as whole seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(HEADER_RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(value)
+        .ok()?;
+    let secs = (at.as_second() - jiff::Timestamp::now().as_second()).max(0);
+    Some(Duration::from_secs(secs as u64))
+}
+
+/// An error and its causes on one line (reqwest's own message hides the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+impl DeploymentsApi for HttpClient {
+    async fn create(
+        &self,
+        token: &ApiToken,
+        request: &CreateDeploymentRequest,
+    ) -> Result<CreatedDeployment, ApiError> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| ApiError::Config(format!("create request: {e}")))?;
+        let (status, bytes) = self
+            .execute(
+                Endpoint::Create,
+                token,
+                Method::POST,
+                self.url(&["deployments"]),
+                None,
+                Some(body),
+            )
+            .await?;
+        // A 2xx to a create means the deployment exists: if its answer cannot be read, the
+        // caller must look for it, not create again.
+        decode(Endpoint::Create, status, &bytes).map_err(|e| ApiError::OutcomeUnknown {
+            message: e.to_string(),
+        })
+    }
+
+    async fn list(&self, token: &ApiToken, query: &ListQuery) -> Result<DeploymentList, ApiError> {
+        self.call_json(
+            Endpoint::List,
+            token,
+            Method::GET,
+            self.url(&["deployments"]),
+            Some(query),
+        )
+        .await
+    }
+
+    async fn get(&self, token: &ApiToken, id: &str) -> Result<DeploymentDetails, ApiError> {
+        self.call_json(
+            Endpoint::Get,
+            token,
+            Method::GET,
+            self.url(&["deployments", id]),
+            None,
+        )
+        .await
+    }
+
+    async fn cancel(&self, token: &ApiToken, id: &str) -> Result<CancelledDeployment, ApiError> {
+        self.call_json(
+            Endpoint::Cancel,
+            token,
+            Method::POST,
+            self.url(&["deployments", id, "cancel"]),
+            None,
+        )
+        .await
+    }
+
+    async fn delete(&self, token: &ApiToken, id: &str) -> Result<(), ApiError> {
+        self.execute(
+            Endpoint::Delete,
+            token,
+            Method::DELETE,
+            self.url(&["deployments", id]),
+            None,
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn logs(&self, token: &ApiToken, id: &str) -> Result<String, ApiError> {
+        let (_, bytes) = self
+            .execute(
+                Endpoint::Logs,
+                token,
+                Method::GET,
+                self.url(&["deployments", id, "logs"]),
+                None,
+                None,
+            )
+            .await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> HttpClient {
+        HttpClient::with_rate_limiter(ClientConfig::new(base), Arc::new(RateLimiter::new()))
+            .unwrap()
+    }
+
+    #[test]
+    fn urls_are_built_under_the_base_path_with_ids_escaped() {
+        let c = client("http://127.0.0.1:1/v1/");
+        assert_eq!(c.base_url(), "http://127.0.0.1:1/v1");
+        assert_eq!(
+            c.url(&["deployments", "dep_1", "logs"]).as_str(),
+            "http://127.0.0.1:1/v1/deployments/dep_1/logs"
+        );
+        assert_eq!(
+            c.url(&["deployments", "../x?y"]).as_str(),
+            "http://127.0.0.1:1/v1/deployments/..%2Fx%3Fy"
+        );
+    }
+
+    #[test]
+    fn a_bad_base_url_is_a_config_error() {
+        for bad in ["not a url", "mailto:x@y", "ftp://h/v1", "http://h/v1?x=1"] {
+            let e = HttpClient::new(ClientConfig::new(bad)).unwrap_err();
+            assert_eq!(e.category(), "config", "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_its_ceiling_with_full_jitter() {
+        let p = RetryPolicy {
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.backoff_ceiling(1), Duration::from_millis(100));
+        assert_eq!(p.backoff_ceiling(3), Duration::from_millis(400));
+        assert_eq!(p.backoff_ceiling(30), Duration::from_millis(1000));
+        for _ in 0..100 {
+            assert!(p.backoff(3) <= Duration::from_millis(400));
+        }
+    }
+
+    #[test]
+    fn a_non_envelope_error_body_becomes_http_status_and_an_excerpt() {
+        let long = format!("<html>\n  <body>{}</body></html>", "x".repeat(500));
+        let e = status_error(
+            Endpoint::Get,
+            StatusCode::BAD_GATEWAY,
+            &HeaderMap::new(),
+            None,
+            long.as_bytes(),
+        );
+        assert_eq!(e.code(), Some("http_502"));
+        let ApiError::Status { message, .. } = &e else {
+            panic!()
+        };
+        assert!(message.starts_with("<html> <body>xxx"), "{message}");
+        assert!(message.chars().count() <= BODY_EXCERPT_CHARS + 1);
+        let empty = status_error(
+            Endpoint::Get,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &HeaderMap::new(),
+            None,
+            b"",
+        );
+        assert!(empty.to_string().contains("Service Unavailable"));
+    }
+
+    #[test]
+    fn an_envelope_error_body_keeps_code_message_and_details() {
+        let body = br#"{"error":{"code":"invalid_branch","message":"Branch 'x' does not exist","details":{"project_id":"proj_8f3k29"}},"extra":1}"#;
+        let e = status_error(
+            Endpoint::Create,
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            None,
+            body,
+        );
+        let ApiError::Status {
+            status,
+            code,
+            details,
+            ..
+        } = &e
+        else {
+            panic!()
+        };
+        assert_eq!((*status, code.as_str()), (400, "invalid_branch"));
+        assert_eq!(details["project_id"], "proj_8f3k29");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            "retry-after",
+            "Thu, 01 Jan 1970 00:00:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        h.insert("retry-after", "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn a_5xx_to_a_create_is_an_unknown_outcome_but_a_5xx_to_a_get_is_retried() {
+        let h = HeaderMap::new();
+        let body = br#"{"error":{"code":"internal_error","message":"boom"}}"#.to_vec();
+        for s in [500, 502, 503, 504] {
+            let status = StatusCode::from_u16(s).unwrap();
+            match classify_answer(Endpoint::Create, status, &h, None, Ok(body.clone())) {
+                Next::Done(Err(e)) => assert_eq!(e.category(), "outcome_unknown"),
+                _ => panic!("{s}"),
+            }
+            assert!(matches!(
+                classify_answer(Endpoint::Get, status, &h, None, Ok(body.clone())),
+                Next::Retry { .. }
+            ));
+        }
+        match classify_answer(
+            Endpoint::Create,
+            StatusCode::BAD_REQUEST,
+            &h,
+            None,
+            Ok(body),
+        ) {
+            Next::Done(Err(e)) => assert_eq!(e.status(), Some(400)),
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn debug_output_names_no_token() {
+        let c = client("http://127.0.0.1:1/v1");
+        let token = ApiToken::new("sk_live_do_not_print");
+        let _ = c.budget(&token);
+        let text = format!("{c:?} {:?} {:?}", c.config(), c.budgets());
+        assert!(!text.contains("sk_live"), "{text}");
+        assert!(text.contains("127.0.0.1"));
+    }
+}

@@ -1,4 +1,6 @@
 //! git.dev Deployments operator: resource types, API client, reconciler, metrics and the simulator.
 
 pub mod api;
+pub mod controller;
+pub mod metrics;
 pub mod resource;

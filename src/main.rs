@@ -1,1 +1,213 @@
-fn main() {}
+//! `gitdev-operator`: reconciles `gitdeployments.git.dev` objects against the git.dev
+//! Deployments API.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::{Parser, ValueEnum};
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+use gitdev::api::{ClientConfig, HttpClient};
+use gitdev::controller::{self, Context, RunOptions};
+use gitdev::metrics::Metrics;
+use gitdev::resource::GitDeployment;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Kubernetes operator for the git.dev Deployments API.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Base URL of the Deployments API.
+    #[arg(long, env = "GITDEV_API_URL", default_value = "https://api.git.dev/v1")]
+    api_url: String,
+
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+
+    /// How many objects are reconciled at the same time.
+    #[arg(long, env = "GITDEV_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "GITDEV_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "GITDEV_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    /// Key of the spec fingerprints stored on objects (keep it stable: a new key makes every
+    /// object look changed). Without one, each object's UID keys its own fingerprint.
+    #[arg(long, env = "GITDEV_FINGERPRINT_KEY", hide_env_values = true)]
+    fingerprint_key: Option<String>,
+
+    /// How long a deletion waits for usable credentials before orphaning the remote
+    /// deployments (with a Warning event) so that the object can go.
+    #[arg(long, env = "GITDEV_CLEANUP_GRACE_SECONDS", default_value_t = 300)]
+    cleanup_grace_seconds: u64,
+
+    /// Timeout of one Deployments API request, in seconds.
+    #[arg(long, env = "GITDEV_API_TIMEOUT_SECONDS", default_value_t = 30)]
+    api_timeout_seconds: u64,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[derive(Clone)]
+struct Health {
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    api: HttpClient,
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+    if h.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "object cache not yet filled")
+    }
+}
+
+async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
+    h.metrics.set_budget_waiting(h.api.waiting());
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        h.metrics.render(),
+    )
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("gitdev-operator: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach Kubernetes (in-cluster config or KUBECONFIG): {e}"))?;
+    check_crd(&client, args.namespace.as_deref()).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let mut config = ClientConfig::new(&args.api_url).with_observer(metrics.clone());
+    config.request_timeout = Duration::from_secs(args.api_timeout_seconds);
+    let api = HttpClient::new(config).map_err(|e| format!("--api-url {}: {e}", args.api_url))?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+        api: api.clone(),
+    };
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(health);
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| format!("--metrics-addr {}: {e}", args.metrics_addr))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(addr = %local, api_url = %args.api_url, namespace = ?args.namespace, "gitdev-operator starting");
+    // Tests and scripts read the bound address from this line.
+    println!("gitdev-operator metrics on http://{local}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        let mut rx = stop_rx.clone();
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await;
+    });
+
+    let mut ctx = Context::new(client.clone(), api, controller::recorder(client.clone()), metrics);
+    ctx.fingerprint_key = args.fingerprint_key.map(String::into_bytes);
+    ctx.cleanup_grace = Duration::from_secs(args.cleanup_grace_seconds);
+    let options = RunOptions {
+        namespace: args.namespace,
+        concurrency: args.concurrency,
+    };
+    controller::run(
+        client,
+        ctx,
+        options,
+        move || ready.store(true, Ordering::Relaxed),
+        shutdown_signal(),
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Fails fast, with the fix, when the CRD is not installed.
+async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), String> {
+    let api: Api<GitDeployment> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(
+            "the CRD gitdeployments.git.dev is not installed: kubectl apply --server-side -f crds/gitdeployments.git.dev.yaml (or install the Helm chart)".into(),
+        ),
+        Err(e) => Err(format!("cannot list gitdeployments.git.dev: {e}")),
+    }
+}

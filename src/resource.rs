@@ -27,6 +27,8 @@ pub const DEFAULT_HISTORY_LIMIT: i32 = 10;
 ///
 /// One remote deployment is made per distinct deployment spec (project, branch, commit,
 /// environment values, redeploy): re-applying the same manifest creates nothing new.
+// Every `printcolumn(...)` says `type_ = "string"`: that is data, not a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[kube(
     group = "git.dev",

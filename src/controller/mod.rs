@@ -1,0 +1,256 @@
+//! The reconciler of `gitdeployments.git.dev`: a kube-runtime `Controller` woken by the
+//! objects and by the Secrets they refer to.
+//!
+//! - `decision`: pure "spec + observed remote state → next action", and conditions.
+//! - `state`: what the operator remembers on the object (annotation), spec fingerprints.
+//! - `secrets`: the API token and `envFrom` values.
+//! - `reconcile`: the IO around the decisions.
+
+pub mod decision;
+pub mod reconcile;
+pub mod secrets;
+pub mod state;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::{ApiError, ApiToken, DeploymentsApi};
+use crate::metrics::Metrics;
+use crate::resource::GitDeployment;
+use state::{ANNOTATION_STATE, State};
+
+/// Errors of one reconciliation, by the step that failed. Problems a human must fix (a
+/// missing Secret, a 401) are not errors: they become conditions and events.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object has no namespace")]
+    MissingNamespace,
+    #[error("reading Secrets in namespace {namespace}: {source}")]
+    ReadSecrets {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("recording state annotation on {namespace}/{name}: {source}")]
+    WriteState {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status of {namespace}/{name}: {source}")]
+    WriteStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Deployments API, trying to {action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: ApiError,
+    },
+    #[error("finalizer {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Stable label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace => "invalid_object",
+            Error::ReadSecrets { .. } => "kubernetes_read",
+            Error::WriteState { .. } | Error::WriteStatus { .. } => "kubernetes_write",
+            Error::Api { source, .. } => source.category(),
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+type ObjectKey = (String, String);
+
+/// Shared by every reconciliation.
+pub struct Context<A: DeploymentsApi> {
+    pub client: Client,
+    pub api: A,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Key of the spec fingerprints; see `state::fingerprint`.
+    pub fingerprint_key: Option<Vec<u8>>,
+    /// How long a deletion waits for credentials before orphaning remote deployments.
+    pub cleanup_grace: Duration,
+    /// Every object, to know which remote deployments other objects already claim.
+    pub store: Option<Store<GitDeployment>>,
+    failures: Mutex<HashMap<ObjectKey, u32>>,
+    create_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<A: DeploymentsApi> Context<A> {
+    pub fn new(client: Client, api: A, recorder: Recorder, metrics: Arc<Metrics>) -> Self {
+        Context {
+            client,
+            api,
+            recorder,
+            metrics,
+            fingerprint_key: None,
+            cleanup_grace: Duration::from_secs(300),
+            store: None,
+            failures: Mutex::default(),
+            create_locks: Mutex::default(),
+        }
+    }
+
+    /// Per-object exponential backoff for transient errors: 1 s, 2 s, 4 s … 5 min.
+    fn next_backoff(&self, key: ObjectKey) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        let base = Duration::from_secs(1u64 << (*n - 1).min(9)).min(Duration::from_secs(300));
+        base + Duration::from_millis(rand::random_range(0..=base.as_millis() as u64 / 4))
+    }
+
+    fn forget_failures(&self, key: &ObjectKey) {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    /// Creates of one token and branch never run concurrently, so that "look for a lost
+    /// create" can never mistake another object's fresh deployment for its own.
+    fn create_lock(&self, token: &ApiToken, branch: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        token.expose().hash(&mut h);
+        branch.hash(&mut h);
+        let mut locks = self.create_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(h.finish()).or_default().clone()
+    }
+
+    /// Remote ids that objects other than `me` own (current or history).
+    fn claimed_ids(&self, me: &GitDeployment) -> HashSet<String> {
+        let Some(store) = &self.store else {
+            return HashSet::new();
+        };
+        store
+            .state()
+            .iter()
+            .filter(|o| o.metadata.uid != me.metadata.uid)
+            .flat_map(|o| {
+                let s = State::of(o);
+                s.id.into_iter().chain(s.history)
+            })
+            .collect()
+    }
+}
+
+/// Transient failures come back after a per-object exponential backoff.
+pub fn error_policy<A: DeploymentsApi>(obj: Arc<GitDeployment>, error: &Error, ctx: Arc<Context<A>>) -> Action {
+    let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let delay = ctx.next_backoff(key);
+    tracing::warn!(object = %obj.name_any(), namespace = ?obj.namespace(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// What wakes an object: its own spec, finalizers and annotations (not its status or the
+/// operator's own state annotation, which would make every write wake it again).
+fn wake_hash(obj: &GitDeployment) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    predicates::generation(obj).hash(&mut h);
+    predicates::finalizers(obj).hash(&mut h);
+    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    for (k, v) in obj.annotations() {
+        if k != ANNOTATION_STATE {
+            (k, v).hash(&mut h);
+        }
+    }
+    Some(h.finish())
+}
+
+/// Options of the controller loop.
+pub struct RunOptions {
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+}
+
+/// Runs the controller until `shutdown` resolves. `ready` is told once the object cache is
+/// filled.
+pub async fn run<A: DeploymentsApi>(
+    client: Client,
+    mut ctx: Context<A>,
+    options: RunOptions,
+    ready: impl FnOnce() + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (objects, secrets): (Api<GitDeployment>, Api<PartialObjectMeta<Secret>>) = match &options.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (reader, writer) = reflector::store();
+    let trigger = watcher(objects, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(wake_hash, Default::default());
+    ctx.store = Some(reader.clone());
+    let ready_reader = reader.clone();
+    // Store readiness sits behind a oneshot receiver that wakes only its latest poller, and
+    // the controller itself waits on it too: check it on a short timer instead of awaiting it.
+    tokio::spawn(async move {
+        loop {
+            if ready_reader.wait_until_ready().now_or_never().is_some() {
+                tracing::info!("object cache filled; ready");
+                ready();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let index = reader.clone();
+    // Only Secret metadata is watched: a change of data changes resourceVersion, and the
+    // operator never keeps every Secret of the cluster in memory.
+    let secret_changes = watcher(secrets, watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
+    Controller::for_stream(trigger, reader)
+        .with_config(ControllerConfig::default().concurrency(options.concurrency))
+        .watches_stream(secret_changes, move |secret| {
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            index
+                .state()
+                .into_iter()
+                .filter(|o| o.namespace() == ns && secrets::referenced(&o.spec).any(|r| r == name))
+                .map(|o| ObjectRef::from_obj(&*o))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, error_policy, Arc::new(ctx))
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+/// The recorder every event goes through.
+pub fn recorder(client: Client) -> Recorder {
+    let reporter = Reporter {
+        controller: "gitdev-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    Recorder::new(client, reporter)
+}

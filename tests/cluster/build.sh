@@ -5,6 +5,7 @@
 #   tests/cluster/build.sh          build what is missing, print the binaries' directory
 #
 # Cache: ${GITDEV_CACHE:-~/.cache/gitdev-operator}. Nothing is written inside the repository.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
@@ -17,6 +18,7 @@ die() { echo "build.sh: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is missing: $2"; }
 
 # One build at a time per machine: test binaries may call this in parallel.
+need flock "apt-get install -y util-linux"
 exec 9>"$cache/.build.lock"
 flock 9
 
@@ -88,9 +90,12 @@ unpack_helm() {
 [ -x "$helm" ] || unpack_helm
 
 # The binaries must say what they are: a wrong version here means a wrong cache entry.
-"$apiserver" --version | grep -qx "Kubernetes $KUBE_VERSION" || die "$apiserver does not report $KUBE_VERSION"
-"$etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}" || die "$etcd does not report $ETCD_VERSION"
-"$helm" version --short | grep -q "^$HELM_VERSION" || die "$helm does not report $HELM_VERSION"
+# (Output captured first: `cmd | grep -q` fails under pipefail when grep exits early and cmd
+# gets SIGPIPE, as etcd does with its several lines.)
+reports() { local out; out=$("$@" 2>&1) || return 1; echo "$out"; }
+grep -qx "Kubernetes $KUBE_VERSION" <<<"$(reports "$apiserver" --version)" || die "$apiserver does not report $KUBE_VERSION"
+grep -q "etcd Version: ${ETCD_VERSION#v}" <<<"$(reports "$etcd" --version)" || die "$etcd does not report $ETCD_VERSION"
+grep -q "^$HELM_VERSION" <<<"$(reports "$helm" version --short)" || die "$helm does not report $HELM_VERSION"
 ln -sf "$(basename "$apiserver")" "$bin/kube-apiserver"
 ln -sf "$(basename "$etcd")" "$bin/etcd"
 ln -sf "$(basename "$helm")" "$bin/helm"

@@ -13,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::{Parser, ValueEnum};
+use futures::FutureExt;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
@@ -61,6 +62,32 @@ struct Args {
     #[arg(long, env = "GITDEV_CLEANUP_GRACE_SECONDS", default_value_t = 300)]
     cleanup_grace_seconds: u64,
 
+    /// How often a finished deployment is checked for existence, in seconds (with jitter), so
+    /// that one deleted outside the operator is reported.
+    #[arg(long, env = "GITDEV_RECHECK_FINISHED_SECONDS", default_value_t = 600)]
+    recheck_finished_seconds: u64,
+
+    /// Token Secret (key `token`) of objects that set no spec.credentialsSecretRef.
+    #[arg(long, env = "GITDEV_DEFAULT_CREDENTIALS_SECRET", default_value = gitdev::resource::DEFAULT_CREDENTIALS_SECRET)]
+    default_credentials_secret: String,
+
+    /// Act only while holding a coordination.k8s.io/v1 Lease, so that several replicas never
+    /// both act. A replica that loses the Lease stops and exits (to be restarted as a standby).
+    #[arg(long, env = "GITDEV_LEADER_ELECTION")]
+    leader_election: bool,
+
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "GITDEV_LEASE_NAME", default_value = "gitdev-operator")]
+    lease_name: String,
+
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+
+    /// Seconds a leader may go without renewing the Lease before another replica takes over.
+    #[arg(long, env = "GITDEV_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+
     /// Timeout of one Deployments API request, in seconds.
     #[arg(long, env = "GITDEV_API_TIMEOUT_SECONDS", default_value_t = 30)]
     api_timeout_seconds: u64,
@@ -69,7 +96,9 @@ struct Args {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -91,14 +120,20 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     if h.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "object cache not yet filled")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "object cache not yet filled",
+        )
     }
 }
 
 async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
     h.metrics.set_budget_waiting(h.api.waiting());
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         h.metrics.render(),
     )
 }
@@ -176,25 +211,159 @@ async fn run(args: Args) -> Result<(), String> {
             .await;
     });
 
-    let mut ctx = Context::new(client.clone(), api, controller::recorder(client.clone()), metrics);
+    let mut ctx = Context::new(
+        client.clone(),
+        api,
+        controller::recorder(client.clone()),
+        metrics,
+    );
     ctx.fingerprint_key = args.fingerprint_key.map(String::into_bytes);
     ctx.cleanup_grace = Duration::from_secs(args.cleanup_grace_seconds);
+    ctx.default_credentials = args.default_credentials_secret;
+    ctx.existence_check = Duration::from_secs(args.recheck_finished_seconds.max(1));
     let options = RunOptions {
         namespace: args.namespace,
         concurrency: args.concurrency,
     };
+
+    let shutdown = shutdown_signal().shared();
+    let mut outcome = Ok(());
+    let leadership = if args.leader_election {
+        let lease = Lease {
+            name: args.lease_name,
+            namespace: args.lease_namespace,
+            duration: args.lease_duration_seconds,
+        };
+        // A standby replica is healthy and ready: it serves, it just does not act.
+        ready.store(true, Ordering::Relaxed);
+        match lease.acquire(client.clone(), shutdown.clone()).await? {
+            Some(held) => Some(held),
+            None => {
+                let _ = stop_tx.send(true);
+                let _ = server.await;
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    let stop_acting = {
+        let shutdown = shutdown.clone();
+        let lost = leadership.as_ref().map(|l| l.lost());
+        async move {
+            match lost {
+                Some(lost) => {
+                    tokio::select! {
+                        _ = shutdown => {}
+                        _ = lost => {}
+                    }
+                }
+                None => shutdown.await,
+            }
+        }
+    };
+    ready.store(false, Ordering::Relaxed);
     controller::run(
         client,
         ctx,
         options,
         move || ready.store(true, Ordering::Relaxed),
-        shutdown_signal(),
+        stop_acting,
     )
     .await;
+    if let Some(held) = leadership {
+        if held.is_lost() {
+            outcome = Err("lost the leader Lease to another replica; stopped acting".to_string());
+        }
+        held.release().await;
+    }
     let _ = stop_tx.send(true);
     let _ = server.await;
     tracing::info!("stopped");
-    Ok(())
+    outcome
+}
+
+struct Lease {
+    name: String,
+    namespace: String,
+    duration: u64,
+}
+
+/// The Lease while this replica holds it.
+struct Held {
+    state: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
+}
+
+impl Lease {
+    /// Waits until this replica holds the Lease (`Some`) or is told to stop first (`None`).
+    async fn acquire(
+        self,
+        client: Client,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<Held>, String> {
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &self.name)
+            .with_namespace(&self.namespace)
+            .with_identity(&identity)
+            .with_duration(self.duration)
+            .with_grace((self.duration / 3).max(1))
+            .build()
+            .await
+            .map_err(|e| {
+                format!(
+                    "leader election on Lease {}/{}: {e}",
+                    self.namespace, self.name
+                )
+            })?;
+        let (mut state, task) = manager.watch().await;
+        tracing::info!(lease = %self.name, namespace = %self.namespace, %identity, "waiting to hold the leader Lease");
+        let held = tokio::select! {
+            held = state.wait_for(|leader| *leader) => held.map(|_| true),
+            _ = shutdown => Ok(false),
+        };
+        match held {
+            Ok(true) => {
+                tracing::info!(%identity, "holding the leader Lease; acting");
+                Ok(Some(Held { state, task }))
+            }
+            Ok(false) => {
+                drop(state);
+                let _ = task.await;
+                Ok(None)
+            }
+            Err(_) => Err("leader election stopped before the Lease was held".into()),
+        }
+    }
+}
+
+impl Held {
+    /// Resolves when the Lease is lost.
+    fn lost(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let mut state = self.state.clone();
+        async move {
+            let _ = state.wait_for(|leader| !*leader).await;
+            tracing::error!("lost the leader Lease; stopping");
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        !*self.state.borrow()
+    }
+
+    /// Gives the Lease up at once, so that a standby takes over without waiting for it to expire.
+    async fn release(self) {
+        drop(self.state);
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(_))) => tracing::info!("released the leader Lease"),
+            other => tracing::warn!(?other, "releasing the leader Lease did not complete"),
+        }
+    }
 }
 
 /// Fails fast, with the fix, when the CRD is not installed.

@@ -59,9 +59,17 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("gitdev");
         let reconciliations = Counter::default();
-        registry.register("reconciliations", "Reconciliations of gitdeployments", reconciliations.clone());
+        registry.register(
+            "reconciliations",
+            "Reconciliations of gitdeployments",
+            reconciliations.clone(),
+        );
         let failures = Family::<CategoryLabels, Counter>::default();
-        registry.register("reconcile_failures", "Reconciliations that ended in an error, by category", failures.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciliations that ended in an error, by category",
+            failures.clone(),
+        );
         let api_failures = Family::<CategoryLabels, Counter>::default();
         registry.register(
             "reconcile_api_errors",
@@ -69,18 +77,28 @@ impl Metrics {
             api_failures.clone(),
         );
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
-        registry.register("reconcile_duration_seconds", "Duration of one reconciliation", duration.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconciliation",
+            duration.clone(),
+        );
         let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "api_requests",
             "HTTP requests sent to the Deployments API, by endpoint and outcome (success or error category)",
             api_requests.clone(),
         );
-        let api_duration =
-            Family::<EndpointLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 12)));
-        registry.register("api_request_duration_seconds", "Duration of Deployments API requests", api_duration.clone());
-        let budget_wait =
-            Family::<EndpointLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 14)));
+        let api_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 12))
+        });
+        registry.register(
+            "api_request_duration_seconds",
+            "Duration of Deployments API requests",
+            api_duration.clone(),
+        );
+        let budget_wait = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 14))
+        });
         registry.register(
             "api_rate_budget_wait_seconds",
             "Time calls waited for their token's rate budget before being sent",
@@ -117,19 +135,25 @@ impl Metrics {
         self.duration.observe(elapsed.as_secs_f64());
         if let Some(category) = failure {
             self.failures
-                .get_or_create(&CategoryLabels { category: category.into() })
+                .get_or_create(&CategoryLabels {
+                    category: category.into(),
+                })
                 .inc();
         }
     }
 
     pub fn api_failure(&self, category: &str) {
         self.api_failures
-            .get_or_create(&CategoryLabels { category: category.into() })
+            .get_or_create(&CategoryLabels {
+                category: category.into(),
+            })
             .inc();
     }
 
     pub fn kubernetes_write(&self, kind: &str) {
-        self.kubernetes_writes.get_or_create(&WriteLabels { kind: kind.into() }).inc();
+        self.kubernetes_writes
+            .get_or_create(&WriteLabels { kind: kind.into() })
+            .inc();
     }
 
     pub fn set_budget_waiting(&self, n: usize) {
@@ -146,7 +170,13 @@ impl Metrics {
 }
 
 impl ApiObserver for Metrics {
-    fn request_finished(&self, endpoint: Endpoint, outcome: &str, _status: Option<u16>, elapsed: Duration) {
+    fn request_finished(
+        &self,
+        endpoint: Endpoint,
+        outcome: &str,
+        _status: Option<u16>,
+        elapsed: Duration,
+    ) {
         self.api_requests
             .get_or_create(&RequestLabels {
                 endpoint: endpoint.as_str().into(),
@@ -154,13 +184,17 @@ impl ApiObserver for Metrics {
             })
             .inc();
         self.api_duration
-            .get_or_create(&EndpointLabels { endpoint: endpoint.as_str().into() })
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.as_str().into(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
     fn budget_wait(&self, endpoint: Endpoint, waited: Duration) {
         self.budget_wait
-            .get_or_create(&EndpointLabels { endpoint: endpoint.as_str().into() })
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.as_str().into(),
+            })
             .observe(waited.as_secs_f64());
     }
 }
@@ -173,7 +207,12 @@ mod tests {
     fn the_exposition_names_every_family_the_readme_documents() {
         let m = Metrics::new();
         m.reconcile_finished(Duration::from_millis(3), Some("api"));
-        m.request_finished(Endpoint::Create, "success", Some(201), Duration::from_millis(5));
+        m.request_finished(
+            Endpoint::Create,
+            "success",
+            Some(201),
+            Duration::from_millis(5),
+        );
         m.kubernetes_write("status");
         let text = m.render();
         for name in [

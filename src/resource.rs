@@ -65,7 +65,11 @@ pub const DEFAULT_HISTORY_LIMIT: i32 = 10;
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = 1
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GitDeploymentSpec {
@@ -303,7 +307,18 @@ pub struct HistoryEntry {
 
 impl GitDeploymentSpec {
     pub fn credentials(&self) -> SecretKeyRef {
-        self.credentials_secret_ref.clone().unwrap_or_default()
+        self.credentials_or(DEFAULT_CREDENTIALS_SECRET)
+    }
+
+    /// The token Secret, with `default_name` (key `token`) when the spec names none: the
+    /// operator's `--default-credentials-secret`.
+    pub fn credentials_or(&self, default_name: &str) -> SecretKeyRef {
+        self.credentials_secret_ref
+            .clone()
+            .unwrap_or_else(|| SecretKeyRef {
+                name: default_name.to_string(),
+                key: default_credentials_key(),
+            })
     }
 
     pub fn history_limit(&self) -> usize {
@@ -327,9 +342,10 @@ mod tests {
 
     #[test]
     fn a_minimal_manifest_takes_every_default() {
-        let spec: GitDeploymentSpec =
-            serde_json::from_value(serde_json::json!({"projectId": "proj_8f3k29", "branch": "main"}))
-                .unwrap();
+        let spec: GitDeploymentSpec = serde_json::from_value(
+            serde_json::json!({"projectId": "proj_8f3k29", "branch": "main"}),
+        )
+        .unwrap();
         assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
         assert_eq!(spec.credentials(), SecretKeyRef::default());
         assert_eq!(spec.credentials().name, "gitdev-credentials");
@@ -352,8 +368,14 @@ mod tests {
         let names = &crd.spec.names;
         assert_eq!(names.kind, "Deployment");
         assert_eq!(names.singular.as_deref(), Some("gitdeployment"));
-        assert_eq!(names.short_names.as_deref(), Some(&["gdeploy".to_string()][..]));
-        assert_eq!(names.categories.as_deref(), Some(&["gitdev".to_string()][..]));
+        assert_eq!(
+            names.short_names.as_deref(),
+            Some(&["gdeploy".to_string()][..])
+        );
+        assert_eq!(
+            names.categories.as_deref(),
+            Some(&["gitdev".to_string()][..])
+        );
         assert_eq!(crd.spec.scope, "Namespaced");
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, "v1alpha1");
@@ -376,7 +398,10 @@ mod tests {
         let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         let mut missing = Vec::new();
         walk(schema, "", &mut missing);
-        assert!(missing.is_empty(), "fields without a description: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
 
         fn walk(s: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
             if let Some(props) = s.get("properties").and_then(|p| p.as_object()) {

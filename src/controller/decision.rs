@@ -265,7 +265,10 @@ pub fn health(desired: &Desired, memory: &Memory, observed: &Observed) -> Health
             ),
             Remote::Success => Health::ready(
                 "Succeeded",
-                format!("deployment {} succeeded and is live at {}", d.id, d.deploy_url),
+                format!(
+                    "deployment {} succeeded and is live at {}",
+                    d.id, d.deploy_url
+                ),
             ),
             Remote::Failed => Health::stalled(
                 "DeploymentFailed",
@@ -306,14 +309,19 @@ pub enum Recovery {
 /// The answer to an API error met while taking `action` (`"create"`, `"cancel"`, …).
 pub fn recovery(err: &ApiError, action: &str) -> Recovery {
     let quoted = match (err.status(), err.code()) {
-        (Some(status), Some(code)) => format!("the API answered {status} {code}: {}", api_message(err)),
+        (Some(status), Some(code)) => {
+            format!("the API answered {status} {code}: {}", api_message(err))
+        }
         _ => err.to_string(),
     };
     match err.class() {
         ErrorClass::RateLimited { retry_after } => Recovery::RetryAfter(
             Health::progressing(
                 "RateLimited",
-                format!("waiting {}s for the API token's rate limit before {action}", retry_after.as_secs().max(1)),
+                format!(
+                    "waiting {}s for the API token's rate limit before {action}",
+                    retry_after.as_secs().max(1)
+                ),
             ),
             retry_after,
         ),
@@ -323,26 +331,43 @@ pub fn recovery(err: &ApiError, action: &str) -> Recovery {
         )),
         ErrorClass::OutcomeUnknown => Recovery::Reconcile(Health::progressing(
             "CreationUnconfirmed",
-            format!("the create request's outcome is unknown ({err}); looking for the deployment before creating again"),
+            format!(
+                "the create request's outcome is unknown ({err}); looking for the deployment before creating again"
+            ),
         )),
         ErrorClass::Permanent => {
             let (reason, fix) = match (err.status(), err.code()) {
-                (Some(401), _) => ("Unauthorized", "put a valid, unexpired API token in the credentials Secret"),
+                (Some(401), _) => (
+                    "Unauthorized",
+                    "put a valid, unexpired API token in the credentials Secret",
+                ),
                 (Some(403), _) => (
                     "InsufficientScope",
                     "use a token with the deploy:write or deploy:admin scope in the credentials Secret",
                 ),
-                (Some(400), Some("invalid_branch")) => ("InvalidBranch", "set spec.branch to a branch that exists in the project"),
-                (Some(400), Some("invalid_commit")) => ("InvalidCommit", "set spec.commitSha to a commit of the branch"),
+                (Some(400), Some("invalid_branch")) => (
+                    "InvalidBranch",
+                    "set spec.branch to a branch that exists in the project",
+                ),
+                (Some(400), Some("invalid_commit")) => (
+                    "InvalidCommit",
+                    "set spec.commitSha to a commit of the branch",
+                ),
                 (Some(404), Some("project_not_found")) => (
                     "ProjectNotFound",
                     "check spec.projectId, and that the token belongs to that project",
                 ),
                 (Some(400), _) => ("InvalidRequest", "fix the spec field the API names"),
-                (Some(409), _) => ("Conflict", "the remote deployment is in a state that refuses this action"),
+                (Some(409), _) => (
+                    "Conflict",
+                    "the remote deployment is in a state that refuses this action",
+                ),
                 _ => ("ApiError", "see the message"),
             };
-            Recovery::Stall(Health::stalled(reason, format!("{action} failed: {quoted}; {fix}")))
+            Recovery::Stall(Health::stalled(
+                reason,
+                format!("{action} failed: {quoted}; {fix}"),
+            ))
         }
     }
 }
@@ -487,9 +512,16 @@ mod tests {
             let h = health(&desired, &memory, &observed);
             assert_eq!(h.reason(), reason, "{name}");
             let conds = h.conditions();
-            let trues: Vec<_> = conds.iter().filter(|c| c.status == "True").map(|c| c.type_).collect();
+            let trues: Vec<_> = conds
+                .iter()
+                .filter(|c| c.status == "True")
+                .map(|c| c.type_)
+                .collect();
             assert_eq!(trues, vec![true_type], "{name}");
-            assert!(conds.iter().any(|c| c.type_ == "Ready"), "{name}: Ready is always present");
+            assert!(
+                conds.iter().any(|c| c.type_ == "Ready"),
+                "{name}: Ready is always present"
+            );
         }
     }
 
@@ -519,23 +551,40 @@ mod tests {
             match recovery(&api_error(status, code), "create") {
                 Recovery::Stall(h) => {
                     assert_eq!(h.reason(), reason);
-                    let Health::Stalled { message, .. } = h else { unreachable!() };
-                    assert!(message.contains(code) && message.contains("the API said so"), "{message}");
+                    let Health::Stalled { message, .. } = h else {
+                        unreachable!()
+                    };
+                    assert!(
+                        message.contains(code) && message.contains("the API said so"),
+                        "{message}"
+                    );
                 }
                 other => panic!("{status} {code}: {other:?}"),
             }
         }
-        assert!(matches!(recovery(&api_error(500, "internal_error"), "get"), Recovery::Backoff(h) if h.reason() == "ApiUnavailable"));
-        let transport = ApiError::Transport { endpoint: crate::api::Endpoint::Get, message: "reset".into() };
+        assert!(
+            matches!(recovery(&api_error(500, "internal_error"), "get"), Recovery::Backoff(h) if h.reason() == "ApiUnavailable")
+        );
+        let transport = ApiError::Transport {
+            endpoint: crate::api::Endpoint::Get,
+            message: "reset".into(),
+        };
         assert!(matches!(recovery(&transport, "get"), Recovery::Backoff(_)));
         assert_eq!(
             recovery(&api_error(429, "rate_limited"), "create"),
             Recovery::RetryAfter(
-                Health::progressing("RateLimited", "waiting 3s for the API token's rate limit before create"),
+                Health::progressing(
+                    "RateLimited",
+                    "waiting 3s for the API token's rate limit before create"
+                ),
                 Duration::from_secs(3)
             )
         );
-        let unknown = ApiError::OutcomeUnknown { message: "connection closed".into() };
-        assert!(matches!(recovery(&unknown, "create"), Recovery::Reconcile(h) if h.reason() == "CreationUnconfirmed"));
+        let unknown = ApiError::OutcomeUnknown {
+            message: "connection closed".into(),
+        };
+        assert!(
+            matches!(recovery(&unknown, "create"), Recovery::Reconcile(h) if h.reason() == "CreationUnconfirmed")
+        );
     }
 }

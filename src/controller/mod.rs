@@ -10,6 +10,8 @@ pub mod decision;
 pub mod reconcile;
 pub mod secrets;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -18,10 +20,10 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, ResourceExt};
 
@@ -93,6 +95,10 @@ pub struct Context<A: DeploymentsApi> {
     pub metrics: Arc<Metrics>,
     /// Key of the spec fingerprints; see `state::fingerprint`.
     pub fingerprint_key: Option<Vec<u8>>,
+    /// Token Secret of objects that name none (`--default-credentials-secret`).
+    pub default_credentials: String,
+    /// How often a finished deployment is checked for existence (`--recheck-finished-seconds`).
+    pub existence_check: Duration,
     /// How long a deletion waits for credentials before orphaning remote deployments.
     pub cleanup_grace: Duration,
     /// Every object, to know which remote deployments other objects already claim.
@@ -109,7 +115,9 @@ impl<A: DeploymentsApi> Context<A> {
             recorder,
             metrics,
             fingerprint_key: None,
+            default_credentials: crate::resource::DEFAULT_CREDENTIALS_SECRET.to_string(),
             cleanup_grace: Duration::from_secs(300),
+            existence_check: decision::EXISTENCE_CHECK,
             store: None,
             failures: Mutex::default(),
             create_locks: Mutex::default(),
@@ -126,7 +134,10 @@ impl<A: DeploymentsApi> Context<A> {
     }
 
     fn forget_failures(&self, key: &ObjectKey) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 
     /// Creates of one token and branch never run concurrently, so that "look for a lost
@@ -157,7 +168,11 @@ impl<A: DeploymentsApi> Context<A> {
 }
 
 /// Transient failures come back after a per-object exponential backoff.
-pub fn error_policy<A: DeploymentsApi>(obj: Arc<GitDeployment>, error: &Error, ctx: Arc<Context<A>>) -> Action {
+pub fn error_policy<A: DeploymentsApi>(
+    obj: Arc<GitDeployment>,
+    error: &Error,
+    ctx: Arc<Context<A>>,
+) -> Action {
     let key = (obj.namespace().unwrap_or_default(), obj.name_any());
     let delay = ctx.next_backoff(key);
     tracing::warn!(object = %obj.name_any(), namespace = ?obj.namespace(), %error, retry_in = ?delay, "reconcile failed");
@@ -165,9 +180,15 @@ pub fn error_policy<A: DeploymentsApi>(obj: Arc<GitDeployment>, error: &Error, c
 }
 
 /// What wakes an object: its own spec, finalizers and annotations (not its status or the
-/// operator's own state annotation, which would make every write wake it again).
+/// operator's own state annotation, which would make every write wake it again), and the loss
+/// of its status (a restore, a wipe), which must be rebuilt at once.
 fn wake_hash(obj: &GitDeployment) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    obj.status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .is_some()
+        .hash(&mut h);
     predicates::generation(obj).hash(&mut h);
     predicates::finalizers(obj).hash(&mut h);
     obj.metadata.deletion_timestamp.is_some().hash(&mut h);
@@ -194,10 +215,14 @@ pub async fn run<A: DeploymentsApi>(
     ready: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (objects, secrets): (Api<GitDeployment>, Api<PartialObjectMeta<Secret>>) = match &options.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (objects, secrets): (Api<GitDeployment>, Api<PartialObjectMeta<Secret>>) =
+        match &options.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
     let (reader, writer) = reflector::store();
     let trigger = watcher(objects, watcher::Config::default())
         .default_backoff()
@@ -219,6 +244,7 @@ pub async fn run<A: DeploymentsApi>(
         }
     });
     let index = reader.clone();
+    let default_credentials = ctx.default_credentials.clone();
     // Only Secret metadata is watched: a change of data changes resourceVersion, and the
     // operator never keeps every Secret of the cluster in memory.
     let secret_changes = watcher(secrets, watcher::Config::default())
@@ -232,7 +258,10 @@ pub async fn run<A: DeploymentsApi>(
             index
                 .state()
                 .into_iter()
-                .filter(|o| o.namespace() == ns && secrets::referenced(&o.spec).any(|r| r == name))
+                .filter(|o| {
+                    o.namespace() == ns
+                        && secrets::referenced(&o.spec, &default_credentials).any(|r| r == name)
+                })
                 .map(|o| ObjectRef::from_obj(&*o))
                 .collect::<Vec<_>>()
         })

@@ -23,7 +23,10 @@ use crate::api::{
     ApiError, ApiToken, CreateDeploymentRequest, DeploymentDetails, DeploymentStatus as Remote,
     DeploymentsApi, ListQuery,
 };
-use crate::resource::{DeletionPolicy, FINALIZER, GitDeployment, GitDeploymentStatus, HistoryEntry};
+use crate::resource::{
+    ANNOTATION_DEPLOYMENT_ID, DeletionPolicy, FINALIZER, GitDeployment, GitDeploymentStatus,
+    HistoryEntry,
+};
 
 /// Field manager of every write the operator makes.
 pub const MANAGER: &str = "gitdev-operator";
@@ -51,8 +54,10 @@ pub async fn reconcile<A: DeploymentsApi>(
     if result.is_ok() {
         ctx.forget_failures(&key);
     }
-    ctx.metrics
-        .reconcile_finished(started.elapsed(), result.as_ref().err().map(Error::category));
+    ctx.metrics.reconcile_finished(
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
     result
 }
 
@@ -68,7 +73,7 @@ struct Round<'a, A: DeploymentsApi> {
 async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Result<Requeue, Error> {
     let mut round = Round::new(obj, ctx)?;
     let secrets = round.read_secrets().await?;
-    let creds = obj.spec.credentials();
+    let creds = obj.spec.credentials_or(&ctx.default_credentials);
     let token = match secrets::token_from(secrets.get(&creds.name), &creds) {
         Ok(token) => token,
         Err(problem) => return round.blocked(problem).await,
@@ -85,30 +90,15 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
     };
 
     // A create whose answer never reached the object: find it before anything else.
-    if let Some(intent) = round.state.intent.clone() {
-        match round.find_created(&token, &intent).await {
-            Ok(Found::One(id)) => {
-                round.state.replace_current(id.clone(), intent.fingerprint.clone());
-                round.save_state().await?;
-                round
-                    .event(EventType::Normal, "Adopted", &format!("found deployment {id} whose create answer was lost; adopted it instead of creating another"))
-                    .await;
-            }
-            Ok(Found::None) => {
-                round.state.intent = None;
-                round.save_state().await?;
-            }
-            Ok(Found::Several(ids)) => {
-                let health = Health::stalled(
-                    "CreationUncertain",
-                    format!(
-                        "a create's answer was lost and several deployments could be it ({}); delete the extra ones remotely, then set annotation git.dev/deployment-id to the one to keep",
-                        ids.join(", ")
-                    ),
-                );
-                return round.finish(None, health, Requeue::await_change()).await;
-            }
-            Err(err) => return round.api_failed(err, "look for a deployment whose create answer was lost").await,
+    match round.settle_intent(&token).await? {
+        Settled::Done => {}
+        Settled::Uncertain(health) => {
+            return round.finish(None, health, Requeue::await_change()).await;
+        }
+        Settled::Api(err) => {
+            return round
+                .api_failed(err, "look for a deployment whose create answer was lost")
+                .await;
         }
     }
 
@@ -124,7 +114,11 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
         round.state.fingerprint = Some(desired.fingerprint.clone());
         round.save_state().await?;
         round
-            .event(EventType::Normal, "Adopted", &format!("adopted existing deployment {} ({})", d.id, d.status))
+            .event(
+                EventType::Normal,
+                "Adopted",
+                &format!("adopted existing deployment {} ({})", d.id, d.status),
+            )
             .await;
     }
     let action = decision::decide(&desired, &round.state.memory(), &observed);
@@ -133,7 +127,9 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
             if let Some(id) = supersede
                 && let Err(err) = round.cancel(&token, &id, CancelReason::Superseded).await
             {
-                return round.api_failed(err, "cancel the superseded deployment").await;
+                return round
+                    .api_failed(err, "cancel the superseded deployment")
+                    .await;
             }
             match round.create(&token, &env, &desired.fingerprint).await {
                 Ok(observed) => observed,
@@ -149,7 +145,12 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
     round.prune_history(&token).await;
     let health = decision::health(&desired, &round.state.memory(), &observed);
     let requeue = match decision::decide(&desired, &round.state.memory(), &observed) {
-        Action::Wait { recheck: Some(after) } => Requeue::requeue(jitter(after)),
+        Action::Wait {
+            recheck: Some(decision::EXISTENCE_CHECK),
+        } => Requeue::requeue(jitter(ctx.existence_check)),
+        Action::Wait {
+            recheck: Some(after),
+        } => Requeue::requeue(jitter(after)),
         Action::Wait { recheck: None } => Requeue::await_change(),
         // Something is still due (e.g. a create after a cancel); come back soon.
         _ => Requeue::requeue(Duration::from_secs(1)),
@@ -157,7 +158,10 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
     round.finish(Some(&observed), health, requeue).await
 }
 
-async fn cleanup<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Result<Requeue, Error> {
+async fn cleanup<A: DeploymentsApi>(
+    obj: &GitDeployment,
+    ctx: &Context<A>,
+) -> Result<Requeue, Error> {
     let mut round = Round::new(obj, ctx)?;
     let desired = Desired {
         fingerprint: String::new(),
@@ -165,27 +169,53 @@ async fn cleanup<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Re
         deletion_policy: obj.spec.deletion_policy,
         deleting: true,
     };
-    if round.state.id.is_none() && round.state.history.is_empty() {
+    let nothing_made =
+        round.state.id.is_none() && round.state.history.is_empty() && round.state.intent.is_none();
+    if nothing_made {
         return Ok(Requeue::await_change());
     }
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
-        let ids: Vec<_> = round.state.id.iter().chain(&round.state.history).cloned().collect();
+        let ids: Vec<_> = round
+            .state
+            .id
+            .iter()
+            .chain(&round.state.history)
+            .cloned()
+            .collect();
         round
-            .event(EventType::Normal, "Orphaned", &format!("deletionPolicy is Orphan: left remote deployments {} in place", ids.join(", ")))
+            .event(
+                EventType::Normal,
+                "Orphaned",
+                &format!(
+                    "deletionPolicy is Orphan: left remote deployments {} in place",
+                    ids.join(", ")
+                ),
+            )
             .await;
         return Ok(Requeue::await_change());
     }
     let secrets = round.read_secrets().await?;
-    let creds = obj.spec.credentials();
+    let creds = obj.spec.credentials_or(&ctx.default_credentials);
     let token = match secrets::token_from(secrets.get(&creds.name), &creds) {
         Ok(token) => token,
-        Err(problem) => return round.cleanup_blocked(problem.health(&round.namespace)).await,
+        Err(problem) => {
+            return round
+                .cleanup_blocked(problem.health(&round.namespace))
+                .await;
+        }
     };
+    // A create in flight may have made a deployment: it must be found to be deleted.
+    match round.settle_intent(&token).await? {
+        Settled::Done => {}
+        Settled::Uncertain(health) => return round.cleanup_blocked(health).await,
+        Settled::Api(err) => return round.cleanup_failed(err).await,
+    }
     let observed = match round.observe(&token).await {
         Ok(observed) => observed,
         Err(err) => return round.cleanup_failed(err).await,
     };
-    let Action::Cleanup { ids } = decision::decide(&desired, &round.state.memory(), &observed) else {
+    let Action::Cleanup { ids } = decision::decide(&desired, &round.state.memory(), &observed)
+    else {
         return Ok(Requeue::await_change());
     };
     let in_progress = |id: &str| match &observed {
@@ -204,7 +234,11 @@ async fn cleanup<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Re
         match ctx.api.delete(&token, id).await {
             Ok(()) => {
                 round
-                    .event(EventType::Normal, "Deleted", &format!("deleted remote deployment {id}"))
+                    .event(
+                        EventType::Normal,
+                        "Deleted",
+                        &format!("deleted remote deployment {id}"),
+                    )
                     .await
             }
             Err(e) if e.is_not_found() => {}
@@ -218,6 +252,15 @@ enum Found {
     None,
     One(String),
     Several(Vec<String>),
+}
+
+/// Outcome of settling a create whose answer was lost.
+enum Settled {
+    /// Adopted, or provably never made: go on.
+    Done,
+    /// Several deployments could be it: a human chooses.
+    Uncertain(Health),
+    Api(ApiError),
 }
 
 impl<'a, A: DeploymentsApi> Round<'a, A> {
@@ -238,7 +281,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
 
     async fn read_secrets(&self) -> Result<BTreeMap<String, Secret>, Error> {
         let api = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        secrets::read_all(&api, &self.obj.spec)
+        secrets::read_all(&api, &self.obj.spec, &self.ctx.default_credentials)
             .await
             .map_err(|source| Error::ReadSecrets {
                 namespace: self.namespace.clone(),
@@ -258,7 +301,11 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         // Without an operator-wide key, the object's UID keys the hash: still no secret value
         // on the object in clear, but a guessable value could be checked by a reader of it.
         let uid = self.obj.metadata.uid.clone().unwrap_or_default();
-        let key = self.ctx.fingerprint_key.as_deref().unwrap_or(uid.as_bytes());
+        let key = self
+            .ctx
+            .fingerprint_key
+            .as_deref()
+            .unwrap_or(uid.as_bytes());
         state::fingerprint(key, &inputs)
     }
 
@@ -303,7 +350,8 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         };
         match self.ctx.api.create(token, &request).await {
             Ok(created) => {
-                self.state.replace_current(created.id.clone(), fingerprint.to_string());
+                self.state
+                    .replace_current(created.id.clone(), fingerprint.to_string());
                 // The deployment exists whatever happens next; the intent left in place on a
                 // failed write is resolved by `find_created` on the next reconcile.
                 if let Err(e) = self.save_state().await {
@@ -312,7 +360,10 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                 self.event(
                     EventType::Normal,
                     "Created",
-                    &format!("created deployment {} of {}@{}", created.id, created.branch, created.commit_sha),
+                    &format!(
+                        "created deployment {} of {}@{}",
+                        created.id, created.branch, created.commit_sha
+                    ),
                 )
                 .await;
                 Ok(Observed::Found(Box::new(DeploymentDetails {
@@ -340,7 +391,12 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         }
     }
 
-    async fn cancel(&mut self, token: &ApiToken, id: &str, reason: CancelReason) -> Result<Observed, ApiError> {
+    async fn cancel(
+        &mut self,
+        token: &ApiToken,
+        id: &str,
+        reason: CancelReason,
+    ) -> Result<Observed, ApiError> {
         match self.ctx.api.cancel(token, id).await {
             Ok(c) => {
                 if reason == CancelReason::Requested {
@@ -354,8 +410,12 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                     CancelReason::Requested => ("Cancelled", "spec.cancel is true"),
                     CancelReason::Superseded => ("Superseded", "the deployment spec changed"),
                 };
-                self.event(EventType::Normal, event_reason, &format!("cancelled deployment {id}: {why}"))
-                    .await;
+                self.event(
+                    EventType::Normal,
+                    event_reason,
+                    &format!("cancelled deployment {id}: {why}"),
+                )
+                .await;
                 let _ = c;
                 // The cancel answer lacks urls and times: read the whole deployment back.
                 self.observe(token).await
@@ -363,6 +423,67 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             // Finished in the meantime, or gone: observe what it is now.
             Err(e) if matches!(e.status(), Some(404 | 409)) => self.observe(token).await,
             Err(e) => Err(e),
+        }
+    }
+
+    /// Settles a create whose answer never reached the object: a human's choice (the
+    /// `git.dev/deployment-id` annotation naming a deployment this object does not know yet),
+    /// else the one deployment it can only be, else provably none.
+    async fn settle_intent(&mut self, token: &ApiToken) -> Result<Settled, Error> {
+        let Some(intent) = self.state.intent.clone() else {
+            return Ok(Settled::Done);
+        };
+        let chosen = self
+            .obj
+            .annotations()
+            .get(ANNOTATION_DEPLOYMENT_ID)
+            .map(|id| id.trim().to_string())
+            .filter(|id| {
+                !id.is_empty()
+                    && self.state.id.as_ref() != Some(id)
+                    && !self.state.history.contains(id)
+            });
+        if let Some(id) = chosen {
+            self.state
+                .replace_current(id.clone(), intent.fingerprint.clone());
+            self.save_state().await?;
+            self.event(
+                EventType::Normal,
+                "Adopted",
+                &format!("adopted deployment {id} named by annotation {ANNOTATION_DEPLOYMENT_ID}"),
+            )
+            .await;
+            return Ok(Settled::Done);
+        }
+        // Not while a create of the same token and branch is between its answer and its record.
+        let lock = self.ctx.create_lock(token, &self.obj.spec.branch);
+        let _serialised = lock.lock().await;
+        match self.find_created(token, &intent).await {
+            Ok(Found::One(id)) => {
+                self.state
+                    .replace_current(id.clone(), intent.fingerprint.clone());
+                self.save_state().await?;
+                self.event(
+                    EventType::Normal,
+                    "Adopted",
+                    &format!("found deployment {id} whose create answer was lost; adopted it instead of creating another"),
+                )
+                .await;
+                Ok(Settled::Done)
+            }
+            Ok(Found::None) => {
+                self.state.intent = None;
+                self.save_state().await?;
+                Ok(Settled::Done)
+            }
+            Ok(Found::Several(ids)) => Ok(Settled::Uncertain(Health::stalled(
+                "CreationUncertain",
+                format!(
+                    "a create's answer was lost and several deployments could be it ({}): set annotation {ANNOTATION_DEPLOYMENT_ID} to the one to keep and delete the others remotely",
+                    ids.join(", ")
+                ),
+            ))),
+            Err(err) => Ok(Settled::Api(err)),
         }
     }
 
@@ -377,13 +498,24 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             let page = self
                 .ctx
                 .api
-                .list(token, &ListQuery { limit: Some(100), offset: Some(offset), status: None })
+                .list(
+                    token,
+                    &ListQuery {
+                        limit: Some(100),
+                        offset: Some(offset),
+                        status: None,
+                    },
+                )
                 .await?;
             for d in &page.data {
                 if d.created_at < since {
                     break 'pages;
                 }
-                if d.branch == self.obj.spec.branch && !claimed.contains(&d.id) && !self.state.history.contains(&d.id) {
+                // The current and earlier deployments of this object are known not to be it
+                // (the current one is being superseded when a create is in flight).
+                let ours =
+                    self.state.id.as_ref() == Some(&d.id) || self.state.history.contains(&d.id);
+                if d.branch == self.obj.spec.branch && !claimed.contains(&d.id) && !ours {
                     candidates.push(d.id.clone());
                 }
             }
@@ -395,7 +527,12 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         let mut matching = Vec::new();
         for id in candidates {
             let d = self.ctx.api.get(token, &id).await?;
-            let commit_ok = self.obj.spec.commit_sha.as_deref().is_none_or(|c| d.commit_sha.starts_with(c));
+            let commit_ok = self
+                .obj
+                .spec
+                .commit_sha
+                .as_deref()
+                .is_none_or(|c| d.commit_sha.starts_with(c));
             if commit_ok && d.project_id == self.obj.spec.project_id {
                 matching.push(id);
             }
@@ -411,11 +548,17 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
     async fn prune_history(&mut self, token: &ApiToken) {
         let limit = self.obj.spec.history_limit();
         while self.state.history.len() > limit {
-            let Some(oldest) = self.state.history.last().cloned() else { break };
+            let Some(oldest) = self.state.history.last().cloned() else {
+                break;
+            };
             match self.ctx.api.delete(token, &oldest).await {
                 Ok(()) => {
-                    self.event(EventType::Normal, "Pruned", &format!("deleted remote deployment {oldest}: beyond historyLimit {limit}"))
-                        .await
+                    self.event(
+                        EventType::Normal,
+                        "Pruned",
+                        &format!("deleted remote deployment {oldest}: beyond historyLimit {limit}"),
+                    )
+                    .await
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => {
@@ -432,7 +575,12 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
 
     fn history_status(&self, id: &str) -> Option<Remote> {
         let status = self.obj.status.as_ref()?;
-        let s = status.history.iter().find(|h| h.deployment_id == id)?.status.as_deref()?;
+        let s = status
+            .history
+            .iter()
+            .find(|h| h.deployment_id == id)?
+            .status
+            .as_deref()?;
         s.parse().ok()
     }
 
@@ -472,9 +620,12 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         self.ctx.metrics.api_failure(err.category());
         match decision::recovery(&err, action) {
             Recovery::Stall(health) => self.finish(None, health, Requeue::await_change()).await,
-            Recovery::RetryAfter(health, after) => self.finish(None, health, Requeue::requeue(after)).await,
+            Recovery::RetryAfter(health, after) => {
+                self.finish(None, health, Requeue::requeue(after)).await
+            }
             Recovery::Reconcile(health) => {
-                self.finish(None, health, Requeue::requeue(Duration::from_secs(1))).await
+                self.finish(None, health, Requeue::requeue(Duration::from_secs(1)))
+                    .await
             }
             Recovery::Backoff(health) => {
                 self.finish(None, health, Requeue::await_change()).await?;
@@ -496,7 +647,13 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             .map(|t| Timestamp::now().duration_since(t.0).unsigned_abs())
             .unwrap_or_default();
         if deleting_for >= grace {
-            let ids: Vec<_> = self.state.id.iter().chain(&self.state.history).cloned().collect();
+            let ids: Vec<_> = self
+                .state
+                .id
+                .iter()
+                .chain(&self.state.history)
+                .cloned()
+                .collect();
             self.event(
                 EventType::Warning,
                 "CleanupAbandoned",
@@ -516,14 +673,21 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             grace.as_secs()
         );
         let blocked = Health::stalled("CleanupBlocked", message);
-        self.finish(None, blocked, Requeue::requeue(Duration::from_secs(10).min(grace))).await
+        self.finish(
+            None,
+            blocked,
+            Requeue::requeue(Duration::from_secs(10).min(grace)),
+        )
+        .await
     }
 
     async fn cleanup_failed(&mut self, err: ApiError) -> Result<Requeue, Error> {
         self.ctx.metrics.api_failure(err.category());
         match decision::recovery(&err, "delete remote deployments") {
             Recovery::Stall(health) => self.cleanup_blocked(health).await,
-            Recovery::RetryAfter(health, after) => self.finish(None, health, Requeue::requeue(after)).await,
+            Recovery::RetryAfter(health, after) => {
+                self.finish(None, health, Requeue::requeue(after)).await
+            }
             Recovery::Backoff(health) | Recovery::Reconcile(health) => {
                 self.finish(None, health, Requeue::await_change()).await?;
                 Err(Error::Api {
@@ -554,7 +718,11 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                 "status": status,
             });
             self.api
-                .patch_status(&self.name(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+                .patch_status(
+                    &self.name(),
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
                 .await
                 .map_err(|source| Error::WriteStatus {
                     namespace: self.namespace.clone(),
@@ -568,12 +736,17 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
 
     async fn announce(&self, health: &Health) {
         match health {
-            Health::Stalled { reason, message } => self.event(EventType::Warning, reason, message).await,
-            Health::Progressing { reason, message } if reason == "RateLimited" || reason == "ApiUnavailable" => {
+            Health::Stalled { reason, message } => {
+                self.event(EventType::Warning, reason, message).await
+            }
+            Health::Progressing { reason, message }
+                if reason == "RateLimited" || reason == "ApiUnavailable" =>
+            {
                 self.event(EventType::Warning, reason, message).await
             }
             Health::Ready { reason, message } if reason == "Succeeded" => {
-                self.event(EventType::Normal, "DeploymentSucceeded", message).await
+                self.event(EventType::Normal, "DeploymentSucceeded", message)
+                    .await
             }
             _ => {}
         }
@@ -587,7 +760,12 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             action: reason.to_string(),
             secondary: None,
         };
-        if let Err(e) = self.ctx.recorder.publish(&event, &self.obj.object_ref(&())).await {
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&event, &self.obj.object_ref(&()))
+            .await
+        {
             tracing::warn!(reason, error = %e, "publishing an event failed");
         }
     }
@@ -595,12 +773,18 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
 
 fn health_message(h: &Health) -> &str {
     match h {
-        Health::Ready { message, .. } | Health::Progressing { message, .. } | Health::Stalled { message, .. } => message,
+        Health::Ready { message, .. }
+        | Health::Progressing { message, .. }
+        | Health::Stalled { message, .. } => message,
     }
 }
 
 fn ready_reason(status: &GitDeploymentStatus) -> Option<String> {
-    status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.clone())
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.clone())
 }
 
 /// Small random spread so that many objects created together do not poll in lockstep.
@@ -659,7 +843,12 @@ pub fn build_status(
             status.deploy_url = Some(d.deploy_url.clone());
             status.logs_url = (!d.logs_url.is_empty())
                 .then(|| d.logs_url.clone())
-                .or_else(|| previous.logs_url.clone().filter(|_| previous.deployment_id.as_deref() == Some(&d.id)));
+                .or_else(|| {
+                    previous
+                        .logs_url
+                        .clone()
+                        .filter(|_| previous.deployment_id.as_deref() == Some(&d.id))
+                });
             status.commit_sha = Some(d.commit_sha.clone());
             status.short_commit = Some(d.commit_sha.chars().take(7).collect());
             status.build_duration = d.build_duration.clone();

@@ -15,11 +15,25 @@ use crate::resource::{GitDeploymentSpec, SecretKeyRef};
 /// Something only a human can fix about the Secrets an object refers to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretProblem {
-    CredentialsNotFound { name: String },
-    CredentialsKeyMissing { name: String, key: String },
-    CredentialsInvalid { name: String, key: String, why: &'static str },
-    EnvSecretNotFound { name: String },
-    EnvNameInvalid { name: String, variable: String },
+    CredentialsNotFound {
+        name: String,
+    },
+    CredentialsKeyMissing {
+        name: String,
+        key: String,
+    },
+    CredentialsInvalid {
+        name: String,
+        key: String,
+        why: &'static str,
+    },
+    EnvSecretNotFound {
+        name: String,
+    },
+    EnvNameInvalid {
+        name: String,
+        variable: String,
+    },
 }
 
 impl SecretProblem {
@@ -39,11 +53,15 @@ impl SecretProblem {
             ),
             SecretProblem::CredentialsInvalid { name, key, why } => Health::stalled(
                 "CredentialsInvalid",
-                format!("key '{key}' of Secret {namespace}/{name} is not a usable API token ({why}): put the token itself there"),
+                format!(
+                    "key '{key}' of Secret {namespace}/{name} is not a usable API token ({why}): put the token itself there"
+                ),
             ),
             SecretProblem::EnvSecretNotFound { name } => Health::stalled(
                 "EnvSecretNotFound",
-                format!("Secret {namespace}/{name} named in spec.envFrom does not exist: create it or remove it from spec.envFrom"),
+                format!(
+                    "Secret {namespace}/{name} named in spec.envFrom does not exist: create it or remove it from spec.envFrom"
+                ),
             ),
             SecretProblem::EnvNameInvalid { name, variable } => Health::stalled(
                 "EnvNameInvalid",
@@ -57,7 +75,9 @@ impl SecretProblem {
 
 /// The token under `r.key` of the Secret, if the Secret exists and holds a usable one.
 pub fn token_from(secret: Option<&Secret>, r: &SecretKeyRef) -> Result<ApiToken, SecretProblem> {
-    let secret = secret.ok_or_else(|| SecretProblem::CredentialsNotFound { name: r.name.clone() })?;
+    let secret = secret.ok_or_else(|| SecretProblem::CredentialsNotFound {
+        name: r.name.clone(),
+    })?;
     let bytes = value(secret, &r.key).ok_or_else(|| SecretProblem::CredentialsKeyMissing {
         name: r.name.clone(),
         key: r.key.clone(),
@@ -87,8 +107,14 @@ pub fn env_from<'a>(
     let mut env = BTreeMap::new();
     for source in &spec.env_from {
         let name = &source.secret_ref.name;
-        let secret = lookup(name).ok_or_else(|| SecretProblem::EnvSecretNotFound { name: name.clone() })?;
-        let mut keys: Vec<String> = secret.data.iter().flatten().map(|(k, _)| k.clone()).collect();
+        let secret =
+            lookup(name).ok_or_else(|| SecretProblem::EnvSecretNotFound { name: name.clone() })?;
+        let mut keys: Vec<String> = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect();
         keys.extend(secret.string_data.iter().flatten().map(|(k, _)| k.clone()));
         for key in keys {
             let variable = format!("{}{key}", source.prefix.as_deref().unwrap_or(""));
@@ -110,7 +136,11 @@ fn value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
     if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
         return Some(v.as_bytes().to_vec());
     }
-    secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone())
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
 }
 
 pub fn is_env_name(s: &str) -> bool {
@@ -123,11 +153,10 @@ pub fn is_env_name(s: &str) -> bool {
 pub async fn read_all(
     api: &Api<Secret>,
     spec: &GitDeploymentSpec,
+    default_credentials: &str,
 ) -> Result<BTreeMap<String, Secret>, kube::Error> {
-    let mut names = vec![spec.credentials().name];
-    names.extend(spec.env_from.iter().map(|e| e.secret_ref.name.clone()));
     let mut found = BTreeMap::new();
-    for name in names {
+    for name in referenced(spec, default_credentials) {
         if found.contains_key(&name) {
             continue;
         }
@@ -139,8 +168,12 @@ pub async fn read_all(
 }
 
 /// Names of the Secrets an object refers to, for waking it when one of them changes.
-pub fn referenced(spec: &GitDeploymentSpec) -> impl Iterator<Item = String> + '_ {
-    std::iter::once(spec.credentials().name).chain(spec.env_from.iter().map(|e| e.secret_ref.name.clone()))
+pub fn referenced<'a>(
+    spec: &'a GitDeploymentSpec,
+    default_credentials: &str,
+) -> impl Iterator<Item = String> + 'a {
+    std::iter::once(spec.credentials_or(default_credentials).name)
+        .chain(spec.env_from.iter().map(|e| e.secret_ref.name.clone()))
 }
 
 #[cfg(test)]
@@ -150,14 +183,21 @@ mod tests {
 
     fn secret(pairs: &[(&str, &[u8])]) -> Secret {
         Secret {
-            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()),
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
             ..Secret::default()
         }
     }
 
     fn spec(json: serde_json::Value) -> GitDeploymentSpec {
         let mut base = serde_json::json!({"projectId": "proj_8f3k29", "branch": "main"});
-        base.as_object_mut().unwrap().extend(json.as_object().unwrap().clone());
+        base.as_object_mut()
+            .unwrap()
+            .extend(json.as_object().unwrap().clone());
         serde_json::from_value(base).unwrap()
     }
 
@@ -175,14 +215,22 @@ mod tests {
             (None, "CredentialsNotFound"),
             (Some(secret(&[("other", b"x")])), "CredentialsKeyMissing"),
             (Some(secret(&[("token", b"  \n")])), "CredentialsInvalid"),
-            (Some(secret(&[("token", b"two words")])), "CredentialsInvalid"),
-            (Some(secret(&[("token", &[0xff, 0xfe])])), "CredentialsInvalid"),
+            (
+                Some(secret(&[("token", b"two words")])),
+                "CredentialsInvalid",
+            ),
+            (
+                Some(secret(&[("token", &[0xff, 0xfe])])),
+                "CredentialsInvalid",
+            ),
         ];
         for (s, reason) in cases {
             let problem = token_from(s.as_ref(), &r).unwrap_err();
             let health = problem.health("team-a");
             assert_eq!(health.reason(), reason);
-            let Health::Stalled { message, .. } = health else { panic!() };
+            let Health::Stalled { message, .. } = health else {
+                panic!()
+            };
             assert!(message.contains("team-a/gitdev-credentials"), "{message}");
         }
     }

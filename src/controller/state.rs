@@ -60,7 +60,11 @@ impl State {
             return State {
                 id: status.deployment_id.clone(),
                 fingerprint: status.spec_fingerprint.clone(),
-                history: status.history.iter().map(|h| h.deployment_id.clone()).collect(),
+                history: status
+                    .history
+                    .iter()
+                    .map(|h| h.deployment_id.clone())
+                    .collect(),
                 ..State::default()
             };
         }
@@ -128,7 +132,10 @@ pub struct DeploymentInputs<'a> {
 pub fn fingerprint(key: &[u8], inputs: &DeploymentInputs<'_>) -> String {
     let canonical = serde_json::to_vec(inputs).expect("inputs always serialize");
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), &canonical);
-    tag.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    tag.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -137,9 +144,10 @@ mod tests {
     use crate::resource::{GitDeploymentSpec, GitDeploymentStatus, HistoryEntry};
 
     fn obj(annotations: &[(&str, &str)], status: Option<GitDeploymentStatus>) -> GitDeployment {
-        let spec: GitDeploymentSpec =
-            serde_json::from_value(serde_json::json!({"projectId": "proj_8f3k29", "branch": "main"}))
-                .unwrap();
+        let spec: GitDeploymentSpec = serde_json::from_value(
+            serde_json::json!({"projectId": "proj_8f3k29", "branch": "main"}),
+        )
+        .unwrap();
         let mut o = GitDeployment::new("web", spec);
         o.metadata.annotations = Some(
             annotations
@@ -151,7 +159,10 @@ mod tests {
         o
     }
 
-    fn inputs<'a>(env: &'a BTreeMap<String, String>, redeploy: Option<&'a str>) -> DeploymentInputs<'a> {
+    fn inputs<'a>(
+        env: &'a BTreeMap<String, String>,
+        redeploy: Option<&'a str>,
+    ) -> DeploymentInputs<'a> {
         DeploymentInputs {
             project_id: "proj_8f3k29",
             branch: "main",
@@ -164,7 +175,10 @@ mod tests {
     #[test]
     fn state_is_read_from_the_annotation_first_then_status_then_adoption() {
         let annotated = obj(
-            &[(ANNOTATION_STATE, r#"{"id":"dep_a","fingerprint":"f1"}"#), (ANNOTATION_DEPLOYMENT_ID, "dep_user")],
+            &[
+                (ANNOTATION_STATE, r#"{"id":"dep_a","fingerprint":"f1"}"#),
+                (ANNOTATION_DEPLOYMENT_ID, "dep_user"),
+            ],
             None,
         );
         assert_eq!(State::of(&annotated).id.as_deref(), Some("dep_a"));
@@ -180,7 +194,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        let from_status = State::of(&obj(&[(ANNOTATION_DEPLOYMENT_ID, "dep_user")], Some(status)));
+        let from_status = State::of(&obj(
+            &[(ANNOTATION_DEPLOYMENT_ID, "dep_user")],
+            Some(status),
+        ));
         assert_eq!(from_status.id.as_deref(), Some("dep_s"));
         assert_eq!(from_status.history, vec!["dep_old".to_string()]);
 
@@ -197,7 +214,10 @@ mod tests {
             id: Some("dep_2".into()),
             history: vec!["dep_1".into()],
             cancel_requested: true,
-            intent: Some(Intent { fingerprint: "f3".into(), at: Timestamp::UNIX_EPOCH }),
+            intent: Some(Intent {
+                fingerprint: "f3".into(),
+                at: Timestamp::UNIX_EPOCH,
+            }),
             ..State::default()
         };
         s.replace_current("dep_3".into(), "f3".into());
@@ -208,14 +228,29 @@ mod tests {
 
     #[test]
     fn the_fingerprint_changes_with_env_values_and_redeploy_but_not_with_the_key_order() {
-        let env1: BTreeMap<_, _> = [("A".to_string(), "1".to_string()), ("B".to_string(), "2".to_string())].into();
-        let env2: BTreeMap<_, _> = [("B".to_string(), "2".to_string()), ("A".to_string(), "1".to_string())].into();
-        let env3: BTreeMap<_, _> = [("A".to_string(), "1".to_string()), ("B".to_string(), "3".to_string())].into();
+        let env1: BTreeMap<_, _> = [
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "2".to_string()),
+        ]
+        .into();
+        let env2: BTreeMap<_, _> = [
+            ("B".to_string(), "2".to_string()),
+            ("A".to_string(), "1".to_string()),
+        ]
+        .into();
+        let env3: BTreeMap<_, _> = [
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "3".to_string()),
+        ]
+        .into();
         let f = |env, redeploy| fingerprint(b"key", &inputs(env, redeploy));
         assert_eq!(f(&env1, None), f(&env2, None));
         assert_ne!(f(&env1, None), f(&env3, None));
         assert_ne!(f(&env1, None), f(&env1, Some("1")));
-        assert_ne!(fingerprint(b"key", &inputs(&env1, None)), fingerprint(b"other", &inputs(&env1, None)));
+        assert_ne!(
+            fingerprint(b"key", &inputs(&env1, None)),
+            fingerprint(b"other", &inputs(&env1, None))
+        );
         assert_eq!(f(&env1, None).len(), 32);
     }
 

@@ -4,3 +4,4 @@ pub mod api;
 pub mod controller;
 pub mod metrics;
 pub mod resource;
+pub mod sim;

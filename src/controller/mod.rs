@@ -7,6 +7,7 @@
 //! - `reconcile`: the IO around the decisions.
 
 pub mod decision;
+pub mod observer;
 pub mod reconcile;
 pub mod secrets;
 pub mod state;
@@ -101,6 +102,10 @@ pub struct Context<A: DeploymentsApi> {
     pub existence_check: Duration,
     /// How long a deletion waits for credentials before orphaning remote deployments.
     pub cleanup_grace: Duration,
+    /// Shared, batched observation of in-flight deployments, per token.
+    pub observer: observer::Observer,
+    /// How old a listing may be and still answer for an in-flight deployment.
+    pub observe_max_age: Duration,
     /// Every object, to know which remote deployments other objects already claim.
     pub store: Option<Store<GitDeployment>>,
     failures: Mutex<HashMap<ObjectKey, u32>>,
@@ -119,6 +124,8 @@ impl<A: DeploymentsApi> Context<A> {
             cleanup_grace: Duration::from_secs(300),
             existence_check: decision::EXISTENCE_CHECK,
             store: None,
+            observer: observer::Observer::default(),
+            observe_max_age: Duration::from_secs(1),
             failures: Mutex::default(),
             create_locks: Mutex::default(),
         }

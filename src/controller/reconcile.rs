@@ -16,6 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::decision::{self, Action, CancelReason, Desired, Health, Observed, Recovery};
+use super::observer::Seen;
 use super::secrets::{self, SecretProblem};
 use super::state::{self, DeploymentInputs, Intent, State};
 use super::{Context, Error};
@@ -309,7 +310,37 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         state::fingerprint(key, &inputs)
     }
 
+    /// The tracked deployment as it is now. An in-flight one whose details are already mirrored
+    /// is observed through the token's shared listing (one call covers up to 100 objects); a
+    /// GET is spent only when it finished (its details are needed) or the listing cannot place it.
     async fn observe(&self, token: &ApiToken) -> Result<Observed, ApiError> {
+        if let Some(mirrored) = self.mirrored_in_flight() {
+            let max_age = decision::poll_interval(mirrored.status).min(self.ctx.observe_max_age);
+            let seen = self
+                .ctx
+                .observer
+                .status(
+                    &self.ctx.api,
+                    token,
+                    &mirrored.id,
+                    mirrored.created_at,
+                    max_age,
+                )
+                .await?;
+            if let Some(Seen::Status(status)) = seen
+                && !status.is_terminal()
+            {
+                return Ok(Observed::Found(Box::new(DeploymentDetails {
+                    status,
+                    ..mirrored
+                })));
+            }
+        }
+        self.read(token).await
+    }
+
+    /// The tracked deployment, read with a GET.
+    async fn read(&self, token: &ApiToken) -> Result<Observed, ApiError> {
         let Some(id) = self.state.id.clone() else {
             return Ok(Observed::Untracked);
         };
@@ -318,6 +349,33 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             Err(e) if e.is_not_found() => Ok(Observed::Missing { id }),
             Err(e) => Err(e),
         }
+    }
+
+    /// What `.status` already mirrors of the tracked deployment, when it is still in flight.
+    fn mirrored_in_flight(&self) -> Option<DeploymentDetails> {
+        let id = self.state.id.as_deref()?;
+        let s = self.obj.status.as_ref()?;
+        if s.deployment_id.as_deref() != Some(id) {
+            return None;
+        }
+        let status: Remote = s.status.as_deref()?.parse().ok()?;
+        if status.is_terminal() {
+            return None;
+        }
+        Some(DeploymentDetails {
+            id: id.to_string(),
+            status,
+            project_id: self.obj.spec.project_id.clone(),
+            branch: self.obj.spec.branch.clone(),
+            commit_sha: s.commit_sha.clone()?,
+            build_duration: None,
+            deploy_url: s.url.clone()?,
+            logs_url: s.logs_url.clone().unwrap_or_default(),
+            created_at: s.created_at.as_ref()?.0,
+            completed_at: None,
+            cancelled_by: None,
+            cancelled_at: None,
+        })
     }
 
     /// Record the intent, send the create, record the id: in that order, each durable before
@@ -418,10 +476,10 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                 .await;
                 let _ = c;
                 // The cancel answer lacks urls and times: read the whole deployment back.
-                self.observe(token).await
+                self.read(token).await
             }
-            // Finished in the meantime, or gone: observe what it is now.
-            Err(e) if matches!(e.status(), Some(404 | 409)) => self.observe(token).await,
+            // Finished in the meantime, or gone: read what it is now.
+            Err(e) if matches!(e.status(), Some(404 | 409)) => self.read(token).await,
             Err(e) => Err(e),
         }
     }

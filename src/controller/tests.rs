@@ -896,6 +896,8 @@ impl Harness {
             Arc::new(Metrics::new()),
         );
         ctx.fingerprint_key = Some(FINGERPRINT_KEY.to_vec());
+        // Tests change remote state between reconciles at once; every reconcile lists afresh.
+        ctx.observe_max_age = Duration::ZERO;
         Harness {
             server: ApiServer {
                 handle,
@@ -1206,7 +1208,8 @@ async fn status_is_not_written_again_when_nothing_changed() {
         .reconcile(vec![Expect::get_secret(CREDENTIALS)])
         .await
         .unwrap();
-    assert_eq!(h.api().take_calls(), ["get dep_1"]);
+    // In flight and mirrored: observed through the shared listing, not a GET of its own.
+    assert_eq!(h.api().take_calls(), ["list"]);
     assert_requeue_between(&action, secs(2.0), secs(2.2));
 
     // Progress is written once.
@@ -1356,7 +1359,8 @@ async fn error_policy_backs_off_exponentially_per_object_and_resets_after_a_succ
     ])
     .await
     .unwrap();
-    h.api().fail_next(Endpoint::Get, 500, "internal_error");
+    // Now mirrored as in flight, the deployment is observed through the token's listing.
+    h.api().fail_next(Endpoint::List, 500, "internal_error");
     let err = h
         .reconcile(vec![
             Expect::get_secret(CREDENTIALS),
@@ -1677,7 +1681,7 @@ async fn a_new_spec_while_building_cancels_the_old_deployment_and_creates_a_new_
     assert_requeue_between(&action, secs(2.0), secs(2.2));
     assert_eq!(
         h.api().take_calls(),
-        ["get dep_1", "cancel dep_1", "get dep_1", "create"]
+        ["list", "cancel dep_1", "get dep_1", "create"]
     );
     assert_eq!(
         h.api().deployment("dep_1").unwrap().status,
@@ -2024,4 +2028,87 @@ async fn deleting_an_object_whose_create_answer_was_lost_still_deletes_that_depl
         "deletionPolicy Delete left remote deployment(s) {:?} behind",
         h.api().ids()
     );
+}
+
+// ===== Batched observation =====
+
+mod batched_observation {
+    use super::*;
+    use crate::controller::observer::{Observer, Seen};
+
+    fn fake() -> FakeApi {
+        FakeApi::new(Timeline::default())
+    }
+
+    #[tokio::test]
+    async fn fifty_in_flight_deployments_of_one_token_are_observed_with_one_list_call() {
+        let api = fake();
+        let ids: Vec<String> = (0..50)
+            .map(|_| api.add("main", None, Remote::Building))
+            .collect();
+        let observer = Observer::default();
+        let token = ApiToken::new("sk_test_write");
+        let now = wire_now();
+        let asks = ids
+            .iter()
+            .map(|id| observer.status(&api, &token, id, now, Duration::from_secs(5)));
+        let answers = futures::future::join_all(asks).await;
+        for a in answers {
+            assert_eq!(a.unwrap(), Some(Seen::Status(Remote::Building)));
+        }
+        assert_eq!(api.take_calls(), ["list"]);
+    }
+
+    #[tokio::test]
+    async fn a_deployment_missing_from_a_listing_that_covers_its_creation_is_absent() {
+        let api = fake();
+        api.add("main", None, Remote::Queued);
+        let observer = Observer::default();
+        let token = ApiToken::new("sk_test_write");
+        let seen = observer
+            .status(&api, &token, "dep_gone", wire_now(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(Seen::Absent));
+    }
+
+    #[tokio::test]
+    async fn the_listing_pages_back_until_the_oldest_deployment_waited_on() {
+        let api = fake();
+        let old = api.add("main", None, Remote::Deploying);
+        api.state().deployments[0].created_at = wire_now() - Duration::from_secs(3600);
+        for _ in 0..150 {
+            api.add("main", None, Remote::Success);
+        }
+        let observer = Observer::default();
+        let token = ApiToken::new("sk_test_write");
+        let created = api.state().deployments[0].created_at;
+        let seen = observer
+            .status(&api, &token, &old, created, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(Seen::Status(Remote::Deploying)));
+        assert_eq!(api.take_calls(), ["list", "list"]);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_listing_is_reused_and_a_stale_one_refreshed() {
+        let api = fake();
+        let id = api.add("main", None, Remote::Queued);
+        let observer = Observer::default();
+        let token = ApiToken::new("sk_test_write");
+        let now = wire_now();
+        for _ in 0..3 {
+            observer
+                .status(&api, &token, &id, now, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert_eq!(api.take_calls(), ["list"]);
+        observer
+            .status(&api, &token, &id, now, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(api.take_calls(), ["list"]);
+    }
 }

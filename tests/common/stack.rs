@@ -232,21 +232,37 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(cluster: &Cluster, api_url: &str, namespace: &str, extra: &[&str]) -> Operator {
+        Self::start_with_env(cluster, api_url, namespace, extra, &[])
+    }
+
+    pub fn start_with_env(
+        cluster: &Cluster,
+        api_url: &str,
+        namespace: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitdev-operator"));
         cmd.env("KUBECONFIG", cluster.kubeconfig())
             .env("RUST_LOG", "info,gitdev=debug,kube=warn")
-            .args([
-                "--api-url",
-                api_url,
-                "--namespace",
-                namespace,
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
+            .args(["--api-url", api_url, "--namespace", namespace, "--metrics-addr", "127.0.0.1:0"])
             .args(["--cleanup-grace-seconds", "20"])
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         let (proc, url) = Proc::start("gitdev-operator", cmd, "gitdev-operator metrics on ");
         Operator { proc, metrics: url }
+    }
+
+    /// A counter or gauge of /metrics (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", &self.proc.pid().to_string()]).status();
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {

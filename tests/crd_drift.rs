@@ -25,7 +25,12 @@ fn the_checked_in_crd_is_what_crdgen_prints() {
 
 #[test]
 fn crdgen_prints_the_same_crd() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crdgen")).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crdgen"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), gitdev::resource::crd_yaml());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        gitdev::resource::crd_yaml()
+    );
 }

@@ -33,7 +33,12 @@ impl World {
         let ns = rt.block_on(cluster.namespace(prefix));
         let sim = Sim::start(phase);
         let operator = Operator::start(cluster, &sim.api_url(), &ns, &[]);
-        World { cluster, ns, sim, operator }
+        World {
+            cluster,
+            ns,
+            sim,
+            operator,
+        }
     }
 
     fn kubectl(&self, args: &[&str]) -> common::cluster::KubectlOutput {
@@ -43,7 +48,8 @@ impl World {
     }
 
     fn apply(&self, manifest: &str) -> common::cluster::KubectlOutput {
-        self.cluster.kubectl_with_stdin(["-n", &self.ns, "apply", "-f", "-"], manifest)
+        self.cluster
+            .kubectl_with_stdin(["-n", &self.ns, "apply", "-f", "-"], manifest)
     }
 
     fn token_secret(&self, name: &str, token: &str) {
@@ -54,35 +60,50 @@ impl World {
     }
 
     fn get(&self, name: &str) -> Value {
-        let out = self.kubectl(&["get", "gitdeployment", name, "-o", "json"]).expect_success();
+        let out = self
+            .kubectl(&["get", "gitdeployment", name, "-o", "json"])
+            .expect_success();
         serde_json::from_str(&out).unwrap()
     }
 
     fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
         let obj = self.get(name);
-        obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
-            (
-                c["status"].as_str().unwrap_or("").to_string(),
-                c["reason"].as_str().unwrap_or("").to_string(),
-                c["message"].as_str().unwrap_or("").to_string(),
-            )
-        })
+        obj["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or("").to_string(),
+                    c["reason"].as_str().unwrap_or("").to_string(),
+                    c["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
     }
 
     /// Waits until condition `type_` is True with `reason`; returns its message.
     #[track_caller]
     fn wait_for(&self, name: &str, type_: &str, reason: &str) -> String {
-        eventually(WAIT, &format!("{name} to be {type_}={reason}"), || {
-            match self.condition(name, type_) {
+        eventually(
+            WAIT,
+            &format!("{name} to be {type_}={reason}"),
+            || match self.condition(name, type_) {
                 Some((s, r, m)) if s == "True" && r == reason => Some(m),
                 _ => None,
-            }
-        })
+            },
+        )
     }
 
     fn events(&self, name: &str) -> String {
-        self.kubectl(&["get", "events", "--field-selector", &format!("involvedObject.name={name}"), "-o", "json"])
-            .expect_success()
+        self.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "json",
+        ])
+        .expect_success()
     }
 }
 
@@ -96,7 +117,12 @@ fn manifest(name: &str, branch: &str, extra: &str) -> String {
 fn an_applied_object_reaches_ready_with_its_url_in_status_and_in_kubectl_get() {
     let w = World::new("e2e-basic");
     w.token_secret("gitdev-credentials", "sk_test_write");
-    w.apply(&manifest("web", "main", "  envVars:\n    NODE_ENV: production\n")).expect_success();
+    w.apply(&manifest(
+        "web",
+        "main",
+        "  envVars:\n    NODE_ENV: production\n",
+    ))
+    .expect_success();
     let message = w.wait_for("web", "Ready", "Succeeded");
     let obj = w.get("web");
     let status = &obj["status"];
@@ -106,14 +132,24 @@ fn an_applied_object_reaches_ready_with_its_url_in_status_and_in_kubectl_get() {
     assert_eq!(status["status"], "success");
     assert!(message.contains(&url), "{message}");
     assert_eq!(status["observedGeneration"], obj["metadata"]["generation"]);
-    assert!(status["completedAt"].is_string() && status["createdAt"].is_string(), "{status}");
+    assert!(
+        status["completedAt"].is_string() && status["createdAt"].is_string(),
+        "{status}"
+    );
     assert!(status["buildDuration"].is_string(), "{status}");
     assert_eq!(status["commitSha"].as_str().map(str::len), Some(40));
     for t in ["Reconciling", "Stalled"] {
-        assert_eq!(w.condition("web", t).map(|c| c.0), Some("False".to_string()), "{t}");
+        assert_eq!(
+            w.condition("web", t).map(|c| c.0),
+            Some("False".to_string()),
+            "{t}"
+        );
     }
     let table = w.kubectl(&["get", "gitdeployments"]).expect_success();
-    assert!(table.contains(&url) && table.contains("success") && table.contains("proj_8f3k29"), "{table}");
+    assert!(
+        table.contains(&url) && table.contains("success") && table.contains("proj_8f3k29"),
+        "{table}"
+    );
     let (code, body) = w.sim.get("sk_test_write", id);
     assert_eq!(code, 200);
     assert_eq!(body["status"], "success");
@@ -122,7 +158,10 @@ fn an_applied_object_reaches_ready_with_its_url_in_status_and_in_kubectl_get() {
     // The operator counts what it did.
     let (code, metrics) = w.operator.get("/metrics");
     assert_eq!(code, 200);
-    assert!(metrics.contains("gitdev_api_requests_total{endpoint=\"create\",outcome=\"success\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("gitdev_api_requests_total{endpoint=\"create\",outcome=\"success\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(w.operator.get("/healthz").0, 200);
     assert_eq!(w.operator.get("/readyz").0, 200);
 }
@@ -131,7 +170,8 @@ fn an_applied_object_reaches_ready_with_its_url_in_status_and_in_kubectl_get() {
 fn a_fail_branch_ends_stalled_with_deployment_failed() {
     let w = World::new("e2e-fail");
     w.token_secret("gitdev-credentials", "sk_test_write");
-    w.apply(&manifest("broken", "fail/broken-build", "")).expect_success();
+    w.apply(&manifest("broken", "fail/broken-build", ""))
+        .expect_success();
     let message = w.wait_for("broken", "Stalled", "DeploymentFailed");
     assert!(message.contains("logs"), "{message}");
     assert_eq!(w.condition("broken", "Ready").unwrap().0, "False");
@@ -143,8 +183,11 @@ fn cancel_true_during_building_cancels_it_remotely_and_is_ready() {
     let w = World::with_phase("e2e-cancel", 4.0);
     w.token_secret("gitdev-credentials", "sk_test_write");
     w.apply(&manifest("c", "main", "")).expect_success();
-    eventually(WAIT, "status building", || (w.get("c")["status"]["status"] == "building").then_some(()));
-    w.apply(&manifest("c", "main", "  cancel: true\n")).expect_success();
+    eventually(WAIT, "status building", || {
+        (w.get("c")["status"]["status"] == "building").then_some(())
+    });
+    w.apply(&manifest("c", "main", "  cancel: true\n"))
+        .expect_success();
     w.wait_for("c", "Ready", "Cancelled");
     let obj = w.get("c");
     let id = obj["status"]["deploymentId"].as_str().unwrap();
@@ -159,18 +202,26 @@ fn cancel_true_during_building_cancels_it_remotely_and_is_ready() {
 #[test]
 fn invalid_manifests_are_rejected_by_the_api_server_with_a_readable_message() {
     let w = World::new("e2e-invalid");
-    let bad_commit = w.apply(&manifest("x", "main", "  commitSha: NOT-HEX\n")).expect_failure();
+    let bad_commit = w
+        .apply(&manifest("x", "main", "  commitSha: NOT-HEX\n"))
+        .expect_failure();
     assert!(bad_commit.contains("spec.commitSha"), "{bad_commit}");
     let no_branch = w
         .apply("apiVersion: git.dev/v1alpha1\nkind: Deployment\nmetadata:\n  name: nobranch\nspec:\n  projectId: proj_8f3k29\n")
         .expect_failure();
-    assert!(no_branch.contains("spec.branch: Required value"), "{no_branch}");
+    assert!(
+        no_branch.contains("spec.branch: Required value"),
+        "{no_branch}"
+    );
     let bad_ref = w.apply(&manifest("z", "feature..x", "")).expect_failure();
     assert!(bad_ref.contains("not a valid git ref name"), "{bad_ref}");
-    let bad_env = w.apply(&manifest("e", "main", "  envVars:\n    1BAD: x\n")).expect_failure();
+    let bad_env = w
+        .apply(&manifest("e", "main", "  envVars:\n    1BAD: x\n"))
+        .expect_failure();
     assert!(bad_env.contains("envVars names must match"), "{bad_env}");
 
-    w.apply(&manifest("p", "main", "  cancel: true\n")).expect_success();
+    w.apply(&manifest("p", "main", "  cancel: true\n"))
+        .expect_success();
     let moved = w
         .apply(&manifest("p", "main", "  cancel: true\n").replace("proj_8f3k29", "proj_other"))
         .expect_failure();
@@ -183,11 +234,24 @@ fn kubectl_delete_removes_the_remote_deployment_and_the_object_goes_away() {
     w.token_secret("gitdev-credentials", "sk_test_write");
     w.apply(&manifest("gone", "main", "")).expect_success();
     w.wait_for("gone", "Ready", "Succeeded");
-    let id = w.get("gone")["status"]["deploymentId"].as_str().unwrap().to_string();
-    w.kubectl(&["delete", "gitdeployment", "gone", "--timeout=60s"]).expect_success();
+    let id = w.get("gone")["status"]["deploymentId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.kubectl(&["delete", "gitdeployment", "gone", "--timeout=60s"])
+        .expect_success();
     let (code, body) = w.sim.get("sk_test_write", &id);
     assert_eq!(code, 404, "{body}");
-    let left = w.kubectl(&["get", "gitdeployment", "gone", "--ignore-not-found", "-o", "name"]).expect_success();
+    let left = w
+        .kubectl(&[
+            "get",
+            "gitdeployment",
+            "gone",
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ])
+        .expect_success();
     assert!(left.trim().is_empty(), "{left}");
 }
 
@@ -195,10 +259,15 @@ fn kubectl_delete_removes_the_remote_deployment_and_the_object_goes_away() {
 fn deletion_policy_orphan_leaves_the_remote_deployment() {
     let w = World::new("e2e-orphan");
     w.token_secret("gitdev-credentials", "sk_test_write");
-    w.apply(&manifest("keep", "main", "  deletionPolicy: Orphan\n")).expect_success();
+    w.apply(&manifest("keep", "main", "  deletionPolicy: Orphan\n"))
+        .expect_success();
     w.wait_for("keep", "Ready", "Succeeded");
-    let id = w.get("keep")["status"]["deploymentId"].as_str().unwrap().to_string();
-    w.kubectl(&["delete", "gitdeployment", "keep", "--timeout=60s"]).expect_success();
+    let id = w.get("keep")["status"]["deploymentId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.kubectl(&["delete", "gitdeployment", "keep", "--timeout=60s"])
+        .expect_success();
     let (code, body) = w.sim.get("sk_test_write", &id);
     assert_eq!(code, 200);
     assert_eq!(body["status"], "success");
@@ -209,9 +278,15 @@ fn a_missing_token_secret_stalls_and_recovers_when_the_secret_appears() {
     let w = World::new("e2e-nosecret");
     w.apply(&manifest("web", "main", "")).expect_success();
     let message = w.wait_for("web", "Stalled", "CredentialsNotFound");
-    assert!(message.contains("gitdev-credentials") && message.contains("kubectl create secret"), "{message}");
+    assert!(
+        message.contains("gitdev-credentials") && message.contains("kubectl create secret"),
+        "{message}"
+    );
     let events = w.events("web");
-    assert!(events.contains("CredentialsNotFound") && events.contains("Warning"), "{events}");
+    assert!(
+        events.contains("CredentialsNotFound") && events.contains("Warning"),
+        "{events}"
+    );
     // No hot loop against the API while stalled.
     std::thread::sleep(Duration::from_secs(3));
     assert!(w.sim.deployments().is_empty());
@@ -225,7 +300,10 @@ fn a_read_only_token_stalls_with_insufficient_scope_and_recovers_when_the_secret
     w.token_secret("gitdev-credentials", "sk_test_read");
     w.apply(&manifest("web", "main", "")).expect_success();
     let message = w.wait_for("web", "Stalled", "InsufficientScope");
-    assert!(message.contains("insufficient_scope") && message.contains("deploy:write"), "{message}");
+    assert!(
+        message.contains("insufficient_scope") && message.contains("deploy:write"),
+        "{message}"
+    );
     let before = w.sim.stats();
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(before, w.sim.stats(), "no requests while stalled");

@@ -23,7 +23,11 @@ impl World {
         let cluster = cluster();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let ns = rt.block_on(cluster.namespace(prefix));
-        let w = World { cluster, ns, sim: Sim::start(phase) };
+        let w = World {
+            cluster,
+            ns,
+            sim: Sim::start(phase),
+        };
         w.apply("apiVersion: v1\nkind: Secret\nmetadata:\n  name: gitdev-credentials\nstringData:\n  token: sk_test_write\n")
             .expect_success();
         w
@@ -40,27 +44,41 @@ impl World {
     }
 
     fn apply(&self, manifest: &str) -> KubectlOutput {
-        self.cluster.kubectl_with_stdin(["-n", &self.ns, "apply", "-f", "-"], manifest)
+        self.cluster
+            .kubectl_with_stdin(["-n", &self.ns, "apply", "-f", "-"], manifest)
     }
 
     fn get(&self, name: &str) -> Value {
-        serde_json::from_str(&self.kubectl(&["get", "gitdeployment", name, "-o", "json"]).expect_success()).unwrap()
+        serde_json::from_str(
+            &self
+                .kubectl(&["get", "gitdeployment", name, "-o", "json"])
+                .expect_success(),
+        )
+        .unwrap()
     }
 
     fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
         let obj = self.get(name);
-        obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
-            let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
-            (s("status"), s("reason"), s("message"))
-        })
+        obj["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .map(|c| {
+                let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+                (s("status"), s("reason"), s("message"))
+            })
     }
 
     #[track_caller]
     fn wait_for(&self, name: &str, type_: &str, reason: &str) -> String {
-        eventually(WAIT, &format!("{name} to be {type_}={reason}"), || match self.condition(name, type_) {
-            Some((s, r, m)) if s == "True" && r == reason => Some(m),
-            _ => None,
-        })
+        eventually(
+            WAIT,
+            &format!("{name} to be {type_}={reason}"),
+            || match self.condition(name, type_) {
+                Some((s, r, m)) if s == "True" && r == reason => Some(m),
+                _ => None,
+            },
+        )
     }
 
     /// Waits until the object's remote deployment (`status.deploymentId`) is `id` and Ready.
@@ -69,27 +87,42 @@ impl World {
         eventually(WAIT, &format!("{name} Ready with a new deployment"), || {
             let obj = self.get(name);
             let id = obj["status"]["deploymentId"].as_str()?.to_string();
-            let ready = obj["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True" && c["reason"] == "Succeeded");
-            (ready && Some(id.as_str()) != not && obj["status"]["observedGeneration"] == obj["metadata"]["generation"])
+            let ready = obj["status"]["conditions"].as_array()?.iter().any(|c| {
+                c["type"] == "Ready" && c["status"] == "True" && c["reason"] == "Succeeded"
+            });
+            (ready
+                && Some(id.as_str()) != not
+                && obj["status"]["observedGeneration"] == obj["metadata"]["generation"])
                 .then_some(id)
         })
     }
 
     fn faults(&self, rules: Value) {
-        assert_eq!(self.sim.hook("PUT", "/_sim/faults", Some(json!({ "rules": rules }))), 200);
+        assert_eq!(
+            self.sim
+                .hook("PUT", "/_sim/faults", Some(json!({ "rules": rules }))),
+            200
+        );
     }
 
     fn events(&self, name: &str) -> String {
-        self.kubectl(&["get", "events", "--field-selector", &format!("involvedObject.name={name}"), "-o", "json"])
-            .expect_success()
+        self.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "json",
+        ])
+        .expect_success()
     }
 
     fn state(&self, name: &str) -> Value {
         let obj = self.get(name);
-        let text = obj["metadata"]["annotations"]["git.dev/state"].as_str().unwrap_or("{}").to_string();
+        let text = obj["metadata"]["annotations"]["git.dev/state"]
+            .as_str()
+            .unwrap_or("{}")
+            .to_string();
         serde_json::from_str(&text).unwrap()
     }
 }
@@ -108,10 +141,15 @@ fn an_operator_killed_after_the_create_was_accepted_adopts_that_deployment_on_re
     w.faults(json!([{"route": "create", "latency_ms": 5000, "latency_when": "after", "count": 1}]));
     let mut first = w.operator(&[]);
     w.apply(&object("crash", "main", "")).expect_success();
-    eventually(WAIT, "the simulator to accept the create", || (w.sim.deployments_of("main").len() == 1).then_some(()));
+    eventually(WAIT, "the simulator to accept the create", || {
+        (w.sim.deployments_of("main").len() == 1).then_some(())
+    });
     first.kill();
     let state = w.state("crash");
-    assert!(state["intent"].is_object() && state["id"].is_null(), "intent recorded, id not yet: {state}");
+    assert!(
+        state["intent"].is_object() && state["id"].is_null(),
+        "intent recorded, id not yet: {state}"
+    );
 
     let _second = w.operator(&[]);
     let id = w.wait_ready_with("crash", None);
@@ -147,10 +185,17 @@ fn a_create_answered_500_is_looked_for_and_then_made_once() {
 fn a_new_spec_while_building_cancels_the_old_deployment_and_keeps_it_in_history() {
     let w = World::new("sem-supersede", 3.0);
     let _op = w.operator(&[]);
-    w.apply(&object("web", "main", "  envVars:\n    V: \"1\"\n")).expect_success();
-    eventually(WAIT, "building", || (w.get("web")["status"]["status"] == "building").then_some(()));
-    let old = w.get("web")["status"]["deploymentId"].as_str().unwrap().to_string();
-    w.apply(&object("web", "main", "  envVars:\n    V: \"2\"\n")).expect_success();
+    w.apply(&object("web", "main", "  envVars:\n    V: \"1\"\n"))
+        .expect_success();
+    eventually(WAIT, "building", || {
+        (w.get("web")["status"]["status"] == "building").then_some(())
+    });
+    let old = w.get("web")["status"]["deploymentId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.apply(&object("web", "main", "  envVars:\n    V: \"2\"\n"))
+        .expect_success();
     let new = w.wait_ready_with("web", Some(&old));
     let (_, remote_old) = w.sim.get("sk_test_write", &old);
     assert_eq!(remote_old["status"], "cancelled");
@@ -167,12 +212,19 @@ fn history_beyond_the_limit_is_deleted_remotely_oldest_first() {
     let _op = w.operator(&[]);
     let mut ids = Vec::new();
     for n in 1..=3 {
-        w.apply(&object("web", "main", &format!("  historyLimit: 1\n  redeploy: \"{n}\"\n"))).expect_success();
+        w.apply(&object(
+            "web",
+            "main",
+            &format!("  historyLimit: 1\n  redeploy: \"{n}\"\n"),
+        ))
+        .expect_success();
         let last = ids.last().cloned();
         ids.push(w.wait_ready_with("web", last.as_deref()));
     }
     // Current: ids[2]; history keeps ids[1]; ids[0] was deleted remotely.
-    eventually(WAIT, "the oldest to be pruned", || (w.sim.get("sk_test_write", &ids[0]).0 == 404).then_some(()));
+    eventually(WAIT, "the oldest to be pruned", || {
+        (w.sim.get("sk_test_write", &ids[0]).0 == 404).then_some(())
+    });
     assert_eq!(w.sim.get("sk_test_write", &ids[1]).0, 200);
     let history = w.get("web")["status"]["history"].clone();
     assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
@@ -210,10 +262,24 @@ fn a_lost_status_is_rebuilt_from_metadata_without_a_new_deployment() {
     let id = w.wait_ready_with("web", None);
     // What a restore without status, or a status wipe, leaves.
     let wiped = w
-        .kubectl(&["patch", "gitdeployment", "web", "--subresource=status", "--type=merge", "-p", "{\"status\":null}", "-o", "json"])
+        .kubectl(&[
+            "patch",
+            "gitdeployment",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            "{\"status\":null}",
+            "-o",
+            "json",
+        ])
         .expect_success();
     let wiped: Value = serde_json::from_str(&wiped).unwrap();
-    assert!(wiped["status"].is_null(), "the patch left a status: {}", wiped["status"]);
+    assert!(
+        wiped["status"].is_null(),
+        "the patch left a status: {}",
+        wiped["status"]
+    );
     assert_eq!(w.wait_ready_with("web", None), id);
     assert_eq!(w.sim.deployments_of("main").len(), 1);
 }
@@ -221,19 +287,36 @@ fn a_lost_status_is_rebuilt_from_metadata_without_a_new_deployment() {
 #[test]
 fn rotating_an_env_from_secret_redeploys_once_and_stores_no_secret_value() {
     let w = World::new("sem-envfrom", 0.0);
-    let secret = |v: &str| format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-env\nstringData:\n  DATABASE_PASSWORD: {v}\n");
+    let secret = |v: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-env\nstringData:\n  DATABASE_PASSWORD: {v}\n"
+        )
+    };
     w.apply(&secret("hunter2")).expect_success();
     let _op = w.operator(&[]);
-    let m = object("web", "main", "  envFrom:\n    - secretRef:\n        name: app-env\n");
+    let m = object(
+        "web",
+        "main",
+        "  envFrom:\n    - secretRef:\n        name: app-env\n",
+    );
     w.apply(&m).expect_success();
     let first = w.wait_ready_with("web", None);
-    let obj_text = w.kubectl(&["get", "gitdeployment", "web", "-o", "json"]).expect_success();
-    assert!(!obj_text.contains("hunter2"), "a secret value leaked into the object");
+    let obj_text = w
+        .kubectl(&["get", "gitdeployment", "web", "-o", "json"])
+        .expect_success();
+    assert!(
+        !obj_text.contains("hunter2"),
+        "a secret value leaked into the object"
+    );
     w.apply(&secret("correct-horse")).expect_success();
     let second = w.wait_ready_with("web", Some(&first));
     w.apply(&m).expect_success();
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w.sim.deployments_of("main").len(), 2, "one redeploy for one rotation");
+    assert_eq!(
+        w.sim.deployments_of("main").len(),
+        2,
+        "one redeploy for one rotation"
+    );
     assert_eq!(w.get("web")["status"]["deploymentId"], second.as_str());
 }
 
@@ -242,11 +325,23 @@ fn a_deployment_cancelled_from_the_dashboard_is_reported_stalled() {
     let w = World::new("sem-ext-cancel", 3.0);
     let _op = w.operator(&[]);
     w.apply(&object("web", "main", "")).expect_success();
-    eventually(WAIT, "building", || (w.get("web")["status"]["status"] == "building").then_some(()));
-    let id = w.get("web")["status"]["deploymentId"].as_str().unwrap().to_string();
-    assert_eq!(w.sim.hook("POST", &format!("/_sim/deployments/{id}/cancel"), None), 200);
+    eventually(WAIT, "building", || {
+        (w.get("web")["status"]["status"] == "building").then_some(())
+    });
+    let id = w.get("web")["status"]["deploymentId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        w.sim
+            .hook("POST", &format!("/_sim/deployments/{id}/cancel"), None),
+        200
+    );
     let message = w.wait_for("web", "Stalled", "CancelledExternally");
-    assert!(message.contains(&id) && message.contains("redeploy"), "{message}");
+    assert!(
+        message.contains(&id) && message.contains("redeploy"),
+        "{message}"
+    );
     assert_eq!(w.condition("web", "Ready").unwrap().0, "False");
 }
 
@@ -256,12 +351,20 @@ fn a_deployment_deleted_behind_the_operators_back_is_reported_and_its_url_droppe
     let _op = w.operator(&["--recheck-finished-seconds", "2"]);
     w.apply(&object("web", "main", "")).expect_success();
     let id = w.wait_ready_with("web", None);
-    assert_eq!(w.sim.hook("DELETE", &format!("/_sim/deployments/{id}"), None), 204);
+    assert_eq!(
+        w.sim
+            .hook("DELETE", &format!("/_sim/deployments/{id}"), None),
+        204
+    );
     let message = w.wait_for("web", "Stalled", "RemoteDeleted");
     assert!(message.contains(&id), "{message}");
     let status = w.get("web")["status"].clone();
-    assert!(status["url"].is_null(), "a deleted deployment's URL must not be claimed: {status}");
+    assert!(
+        status["url"].is_null(),
+        "a deleted deployment's URL must not be claimed: {status}"
+    );
     // A new redeploy value brings it back.
-    w.apply(&object("web", "main", "  redeploy: again\n")).expect_success();
+    w.apply(&object("web", "main", "  redeploy: again\n"))
+        .expect_success();
     w.wait_ready_with("web", Some(&id));
 }

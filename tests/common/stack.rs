@@ -160,7 +160,6 @@ impl Sim {
         format!("{}/v1", self.root)
     }
 
-
     /// Every deployment the simulator holds, in every project.
     pub fn deployments(&self) -> Vec<Value> {
         let v: Value = http()
@@ -245,7 +244,14 @@ impl Operator {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitdev-operator"));
         cmd.env("KUBECONFIG", cluster.kubeconfig())
             .env("RUST_LOG", "info,gitdev=debug,kube=warn")
-            .args(["--api-url", api_url, "--namespace", namespace, "--metrics-addr", "127.0.0.1:0"])
+            .args([
+                "--api-url",
+                api_url,
+                "--namespace",
+                namespace,
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
             .args(["--cleanup-grace-seconds", "20"])
             .args(extra)
             .envs(env.iter().copied());
@@ -257,17 +263,24 @@ impl Operator {
     pub fn metric(&self, series: &str) -> f64 {
         let (_, text) = self.get("/metrics");
         text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
     pub fn kill(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", &self.proc.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.proc.pid().to_string()])
+            .status();
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        let r =
-            http().get(format!("{}{path}", self.metrics)).send().expect("operator endpoint");
+        let r = http()
+            .get(format!("{}{path}", self.metrics))
+            .send()
+            .expect("operator endpoint");
         (r.status().as_u16(), r.text().unwrap_or_default())
     }
 }

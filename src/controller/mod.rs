@@ -109,6 +109,8 @@ pub struct Context<A: DeploymentsApi> {
     /// Every object, to know which remote deployments other objects already claim.
     pub store: Option<Store<GitDeployment>>,
     failures: Mutex<HashMap<ObjectKey, u32>>,
+    /// Creates under way or about to be, per token: observation yields to them.
+    creates_pending: Mutex<HashMap<u64, usize>>,
     create_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -127,6 +129,7 @@ impl<A: DeploymentsApi> Context<A> {
             observer: observer::Observer::default(),
             observe_max_age: Duration::from_secs(1),
             failures: Mutex::default(),
+            creates_pending: Mutex::default(),
             create_locks: Mutex::default(),
         }
     }
@@ -157,6 +160,38 @@ impl<A: DeploymentsApi> Context<A> {
         locks.entry(h.finish()).or_default().clone()
     }
 
+    fn token_key(token: &ApiToken) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        token.expose().hash(&mut h);
+        h.finish()
+    }
+
+    /// Counts a create as pending for `token` until the guard is dropped.
+    fn create_pending(&self, token: &ApiToken) -> PendingCreate<'_> {
+        let key = Self::token_key(token);
+        *self
+            .creates_pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert(0) += 1;
+        PendingCreate {
+            counts: &self.creates_pending,
+            key,
+        }
+    }
+
+    /// Whether creates are waiting for `token`'s budget: the priority queue of the client only
+    /// orders calls already waiting, and between two creates an observation would take the
+    /// next token. Observation of what is already mirrored waits for the creates instead.
+    fn creates_pending(&self, token: &ApiToken) -> bool {
+        let counts = self
+            .creates_pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        counts.get(&Self::token_key(token)).is_some_and(|n| *n > 0)
+    }
+
     /// Remote ids that objects other than `me` own (current or history).
     fn claimed_ids(&self, me: &GitDeployment) -> HashSet<String> {
         let Some(store) = &self.store else {
@@ -171,6 +206,20 @@ impl<A: DeploymentsApi> Context<A> {
                 s.id.into_iter().chain(s.history)
             })
             .collect()
+    }
+}
+
+struct PendingCreate<'a> {
+    counts: &'a Mutex<HashMap<u64, usize>>,
+    key: u64,
+}
+
+impl Drop for PendingCreate<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 

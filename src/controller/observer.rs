@@ -117,6 +117,17 @@ impl Observer {
         Ok(v.answer(id, created_at))
     }
 
+    /// Whether deployments of `token` are still being waited on: reading details of finished
+    /// ones can wait until the listing that tells the others they finished has run.
+    pub fn in_flight(&self, token: &ApiToken) -> bool {
+        let tv = self.view(token);
+        !tv.view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wanted
+            .is_empty()
+    }
+
     /// Stop tracking `id` (its object no longer waits on it).
     pub fn forget(&self, token: &ApiToken, id: &str) {
         let tv = self.view(token);

@@ -36,6 +36,10 @@ pub const MANAGER: &str = "gitdev-operator";
 /// the intent is stamped by the operator's clock, `created_at` by the API's.
 const CLOCK_SKEW: Duration = Duration::from_secs(30);
 
+/// How long the details of a finished deployment (completion time, build duration) may wait
+/// for other deployments of the same token still in flight.
+const DETAILS_DEFERRAL: Duration = Duration::from_secs(30);
+
 pub async fn reconcile<A: DeploymentsApi>(
     obj: Arc<GitDeployment>,
     ctx: Arc<Context<A>>,
@@ -132,6 +136,7 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
                     .api_failed(err, "cancel the superseded deployment")
                     .await;
             }
+            let _pending = ctx.create_pending(&token);
             match round.create(&token, &env, &desired.fingerprint).await {
                 Ok(observed) => observed,
                 Err(err) => return round.api_failed(err, "create the deployment").await,
@@ -146,6 +151,11 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
     round.prune_history(&token).await;
     let health = decision::health(&desired, &round.state.memory(), &observed);
     let requeue = match decision::decide(&desired, &round.state.memory(), &observed) {
+        // Finished according to the listing: fetch what only a GET tells, soon but after
+        // creates and cancels (the client serves observation last).
+        Action::Wait { .. } if details_pending(&observed) => {
+            Requeue::requeue(jitter(Duration::from_secs(2)))
+        }
         Action::Wait {
             recheck: Some(decision::EXISTENCE_CHECK),
         } => Requeue::requeue(jitter(ctx.existence_check)),
@@ -311,10 +321,23 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
     }
 
     /// The tracked deployment as it is now. An in-flight one whose details are already mirrored
-    /// is observed through the token's shared listing (one call covers up to 100 objects); a
-    /// GET is spent only when it finished (its details are needed) or the listing cannot place it.
+    /// is observed through the token's shared listing (one call covers up to 100 objects). When
+    /// the listing says it finished, that is mirrored at once (the object is Ready without
+    /// waiting for budget), and the details only a GET gives (completion time, build duration)
+    /// follow at observation priority: see `details_pending`.
     async fn observe(&self, token: &ApiToken) -> Result<Observed, ApiError> {
-        if let Some(mirrored) = self.mirrored_in_flight() {
+        if let Some(mirrored) = self.mirrored() {
+            let observed = Observed::Found(Box::new(mirrored));
+            // Creates first: what is mirrored stands until they are done. Then the listing that
+            // makes the other objects Ready, before the details of finished ones.
+            let defer_details = details_pending(&observed)
+                && self.ctx.observer.in_flight(token)
+                && self.finished_for() < DETAILS_DEFERRAL;
+            if self.ctx.creates_pending(token) || defer_details {
+                return Ok(observed);
+            }
+        }
+        if let Some(mirrored) = self.mirrored().filter(|m| !m.status.is_terminal()) {
             let max_age = decision::poll_interval(mirrored.status).min(self.ctx.observe_max_age);
             let seen = self
                 .ctx
@@ -327,9 +350,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                     max_age,
                 )
                 .await?;
-            if let Some(Seen::Status(status)) = seen
-                && !status.is_terminal()
-            {
+            if let Some(Seen::Status(status)) = seen {
                 return Ok(Observed::Found(Box::new(DeploymentDetails {
                     status,
                     ..mirrored
@@ -351,30 +372,40 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         }
     }
 
-    /// What `.status` already mirrors of the tracked deployment, when it is still in flight.
-    fn mirrored_in_flight(&self) -> Option<DeploymentDetails> {
+    /// How long ago the object's conditions last changed (when it turned Ready or Stalled).
+    fn finished_for(&self) -> Duration {
+        let since = self
+            .obj
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.last_transition_time.0);
+        since.map_or(Duration::ZERO, |t| {
+            Timestamp::now().duration_since(t).unsigned_abs()
+        })
+    }
+
+    /// What `.status` already mirrors of the tracked deployment.
+    fn mirrored(&self) -> Option<DeploymentDetails> {
         let id = self.state.id.as_deref()?;
         let s = self.obj.status.as_ref()?;
         if s.deployment_id.as_deref() != Some(id) {
             return None;
         }
         let status: Remote = s.status.as_deref()?.parse().ok()?;
-        if status.is_terminal() {
-            return None;
-        }
         Some(DeploymentDetails {
             id: id.to_string(),
             status,
             project_id: self.obj.spec.project_id.clone(),
             branch: self.obj.spec.branch.clone(),
             commit_sha: s.commit_sha.clone()?,
-            build_duration: None,
+            build_duration: s.build_duration.clone(),
             deploy_url: s.url.clone()?,
             logs_url: s.logs_url.clone().unwrap_or_default(),
             created_at: s.created_at.as_ref()?.0,
-            completed_at: None,
-            cancelled_by: None,
-            cancelled_at: None,
+            completed_at: s.completed_at.as_ref().map(|t| t.0),
+            cancelled_by: s.cancelled_by.clone(),
+            cancelled_at: s.cancelled_at.as_ref().map(|t| t.0),
         })
     }
 
@@ -826,6 +857,18 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         {
             tracing::warn!(reason, error = %e, "publishing an event failed");
         }
+    }
+}
+
+/// A finished deployment whose completion details were not read yet.
+fn details_pending(observed: &Observed) -> bool {
+    match observed {
+        Observed::Found(d) => match d.status {
+            Remote::Success | Remote::Failed => d.completed_at.is_none(),
+            Remote::Cancelled => d.cancelled_at.is_none(),
+            _ => false,
+        },
+        _ => false,
     }
 }
 

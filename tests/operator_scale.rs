@@ -1,0 +1,113 @@
+//! The rate limit is the product's physical limit: 100 objects applied at once on a Starter
+//! token (100 requests/min, burst 20) must all converge without collecting 429s.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::cluster;
+use common::stack::{Operator, Sim, eventually};
+
+#[test]
+fn a_hundred_objects_on_a_starter_token_all_become_ready_without_unhandled_429s() {
+    const N: usize = 100;
+    let cluster = cluster();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ns = rt.block_on(cluster.namespace("scale-starter"));
+    let sim = Sim::start(0.5);
+    let op = Operator::start(cluster, &sim.api_url(), &ns, &[]);
+    let mut manifest = String::from(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: gitdev-credentials\nstringData:\n  token: sk_test_starter\n",
+    );
+    for i in 0..N {
+        manifest.push_str(&format!(
+            "---\napiVersion: git.dev/v1alpha1\nkind: Deployment\nmetadata:\n  name: app-{i}\nspec:\n  projectId: proj_8f3k29\n  branch: main\n  envVars:\n    INDEX: \"{i}\"\n"
+        ));
+    }
+    let started = Instant::now();
+    cluster
+        .kubectl_with_stdin(["-n", &ns, "apply", "-f", "-"], &manifest)
+        .expect_success();
+    eventually(Duration::from_secs(240), "all creates", || {
+        (sim.deployments_of("main").len() == N).then_some(())
+    });
+    println!(
+        "all {N} creates accepted after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    // Floor: (100 - 20) creates at 100/min = 48 s, plus the deployment's own 1.5 s.
+    eventually(Duration::from_secs(240), "all objects Ready", || {
+        let out = cluster
+            .kubectl([
+                "-n",
+                &ns,
+                "get",
+                "gitdeployments",
+                "-o",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+            ])
+            .stdout;
+        (out.lines().filter(|l| *l == "True").count() == N).then_some(())
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let floor = (N as f64 - 20.0) * 60.0 / 100.0 + 1.5;
+    assert_eq!(
+        sim.deployments_of("main").len(),
+        N,
+        "exactly one deployment per object"
+    );
+
+    let at_ready = sim.stats()["total"].as_u64().unwrap_or(0);
+    println!(
+        "API requests per deployment when all were Ready: {:.2}",
+        at_ready as f64 / N as f64
+    );
+    // Completion details (completedAt, buildDuration) follow at observation priority.
+    eventually(
+        Duration::from_secs(240),
+        "completion details on every object",
+        || {
+            let out = cluster
+                .kubectl([
+                    "-n",
+                    &ns,
+                    "get",
+                    "gitdeployments",
+                    "-o",
+                    "jsonpath={range .items[*]}{.status.completedAt}{\"\\n\"}{end}",
+                ])
+                .stdout;
+            (out.lines().filter(|l| !l.is_empty()).count() == N).then_some(())
+        },
+    );
+    println!(
+        "completion details on every object after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let stats = sim.stats();
+    let total = stats["total"].as_u64().unwrap_or(0);
+    let rate_limited = stats["by_status"]["429"].as_u64().unwrap_or(0);
+    println!(
+        "{N} objects on a Starter token: all Ready after {elapsed:.1}s (floor {floor:.1}s, ratio {:.2})",
+        elapsed / floor
+    );
+    println!(
+        "API requests per deployment: {:.2} ({total} in all)",
+        total as f64 / N as f64
+    );
+    for (route, counts) in stats["by_route"].as_object().into_iter().flatten() {
+        let n = counts["total"].as_u64().unwrap_or(0);
+        println!("  {route}: {n} ({:.2} per deployment)", n as f64 / N as f64);
+    }
+    println!("429 answers: {rate_limited}");
+    let writes = op.metric("gitdev_kubernetes_writes_total{kind=\"status\"}")
+        + op.metric("gitdev_kubernetes_writes_total{kind=\"state\"}");
+    println!(
+        "Kubernetes writes per deployment (status and state, finalizers not counted): {:.2}",
+        writes / N as f64
+    );
+    assert_eq!(
+        rate_limited, 0,
+        "the operator must wait for budget, not collect 429s: {stats}"
+    );
+}

@@ -368,3 +368,47 @@ fn a_deployment_deleted_behind_the_operators_back_is_reported_and_its_url_droppe
         .expect_success();
     w.wait_ready_with("web", Some(&id));
 }
+
+#[test]
+fn a_deletion_whose_token_secret_is_gone_says_why_then_orphans_after_the_grace_period() {
+    let w = World::new("sem-cred-loss", 0.0);
+    let _op = w.operator(&[]);
+    w.apply(&object("web", "main", "")).expect_success();
+    let id = w.wait_ready_with("web", None);
+    // As when a namespace is deleted: the Secret goes first.
+    w.kubectl(&["delete", "secret", "gitdev-credentials"])
+        .expect_success();
+    w.kubectl(&["delete", "gitdeployment", "web", "--wait=false"])
+        .expect_success();
+    let message = w.wait_for("web", "Stalled", "CleanupBlocked");
+    assert!(
+        message.contains("CredentialsNotFound") || message.contains("gitdev-credentials"),
+        "{message}"
+    );
+    assert!(message.contains("orphaned after 20s"), "{message}");
+    // The test operator's grace is 20 s: then the object goes, with a Warning naming what is left.
+    eventually(Duration::from_secs(60), "the object to be gone", || {
+        w.kubectl(&[
+            "get",
+            "gitdeployment",
+            "web",
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ])
+        .stdout
+        .trim()
+        .is_empty()
+        .then_some(())
+    });
+    let events = w.events("web");
+    assert!(
+        events.contains("CleanupAbandoned") && events.contains(&id),
+        "{events}"
+    );
+    assert_eq!(
+        w.sim.get("sk_test_write", &id).0,
+        200,
+        "orphaned, not deleted"
+    );
+}

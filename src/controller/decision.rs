@@ -273,8 +273,13 @@ pub fn health(desired: &Desired, memory: &Memory, observed: &Observed) -> Health
             Remote::Failed => Health::stalled(
                 "DeploymentFailed",
                 format!(
-                    "deployment {} failed; see its logs at {}; fix the branch and change spec.commitSha or spec.redeploy to deploy again",
-                    d.id, d.logs_url
+                    "deployment {} failed; {}; fix the branch and change spec.commitSha or spec.redeploy to deploy again",
+                    d.id,
+                    if d.logs_url.is_empty() {
+                        "its build log will be linked in status.logsUrl".to_string()
+                    } else {
+                        format!("see its build log at {}", d.logs_url)
+                    }
                 ),
             ),
             Remote::Cancelled if desired.cancel || memory.cancel_requested => Health::ready(

@@ -65,6 +65,15 @@ pub enum Error {
         #[source]
         source: ApiError,
     },
+    /// Cleanup cannot finish yet (blocked credentials, rate limit): keep the finalizer, retry.
+    #[error(
+        "deletion of {namespace}/{name} waits to clean up remote deployments; retrying in {retry_after:?}"
+    )]
+    CleanupPending {
+        namespace: String,
+        name: String,
+        retry_after: Duration,
+    },
     #[error("finalizer {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -77,6 +86,7 @@ impl Error {
             Error::ReadSecrets { .. } => "kubernetes_read",
             Error::WriteState { .. } | Error::WriteStatus { .. } => "kubernetes_write",
             Error::Api { source, .. } => source.category(),
+            Error::CleanupPending { .. } => "cleanup_pending",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
@@ -229,6 +239,15 @@ pub fn error_policy<A: DeploymentsApi>(
     error: &Error,
     ctx: Arc<Context<A>>,
 ) -> Action {
+    // Waiting out a blocked cleanup is not a failure to back off from.
+    if let Error::Finalizer(e) = error
+        && let kube::runtime::finalizer::Error::CleanupFailed(Error::CleanupPending {
+            retry_after,
+            ..
+        }) = e.as_ref()
+    {
+        return Action::requeue(*retry_after);
+    }
     let key = (obj.namespace().unwrap_or_default(), obj.name_any());
     let delay = ctx.next_backoff(key);
     tracing::warn!(object = %obj.name_any(), namespace = ?obj.namespace(), %error, retry_in = ?delay, "reconcile failed");
@@ -240,10 +259,11 @@ pub fn error_policy<A: DeploymentsApi>(
 /// of its status (a restore, a wipe), which must be rebuilt at once.
 fn wake_hash(obj: &GitDeployment) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    // A lost status, or the schema's default `observedGeneration: 0`, means "not observed".
     obj.status
         .as_ref()
         .and_then(|s| s.observed_generation)
-        .is_some()
+        .is_some_and(|g| g > 0)
         .hash(&mut h);
     predicates::generation(obj).hash(&mut h);
     predicates::finalizers(obj).hash(&mut h);

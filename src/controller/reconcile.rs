@@ -48,6 +48,17 @@ pub async fn reconcile<A: DeploymentsApi>(
     let namespace = obj.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<GitDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = (namespace.clone(), obj.name_any());
+    // The very first reconcile of a new object (the one that adds the finalizer) already gives
+    // it conditions, so that no GitOps tool takes a status-less object for a finished one
+    // (kstatus calls that Current), even while it waits for a worker or for rate budget.
+    let obj = if is_new(&obj) {
+        let mut round = Round::new(&obj, &ctx)?;
+        let health = Health::progressing("Pending", "accepted by gitdev-operator; reconciling");
+        round.finish(None, health, Requeue::await_change()).await?;
+        Arc::new(round.obj)
+    } else {
+        obj
+    };
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(obj) => apply(&obj, &ctx).await,
@@ -64,6 +75,12 @@ pub async fn reconcile<A: DeploymentsApi>(
         result.as_ref().err().map(Error::category),
     );
     result
+}
+
+fn is_new(obj: &GitDeployment) -> bool {
+    obj.metadata.deletion_timestamp.is_none()
+        && !obj.finalizers().iter().any(|f| f == FINALIZER)
+        && obj.status.as_ref().is_none_or(|s| s.conditions.is_empty())
 }
 
 /// Everything one reconcile of a live object needs, read once.
@@ -127,6 +144,7 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
             .await;
     }
     let action = decision::decide(&desired, &round.state.memory(), &observed);
+    tracing::debug!(object = %round.name(), namespace = %round.namespace, ?action, "decided");
     let observed = match action {
         Action::Create { supersede } => {
             if let Some(id) = supersede
@@ -174,6 +192,7 @@ async fn cleanup<A: DeploymentsApi>(
     ctx: &Context<A>,
 ) -> Result<Requeue, Error> {
     let mut round = Round::new(obj, ctx)?;
+    tracing::info!(object = %round.name(), namespace = %round.namespace, state = ?round.state, policy = ?obj.spec.deletion_policy, "cleaning up before deletion");
     let desired = Desired {
         fingerprint: String::new(),
         cancel: obj.spec.cancel,
@@ -762,12 +781,13 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             grace.as_secs()
         );
         let blocked = Health::stalled("CleanupBlocked", message);
-        self.finish(
-            None,
-            blocked,
-            Requeue::requeue(Duration::from_secs(10).min(grace)),
-        )
-        .await
+        self.finish(None, blocked, Requeue::await_change()).await?;
+        // Not Ok: the finalizer helper removes the finalizer on any Ok from cleanup.
+        Err(Error::CleanupPending {
+            namespace: self.namespace.clone(),
+            name: self.name(),
+            retry_after: Duration::from_secs(10).min(grace),
+        })
     }
 
     async fn cleanup_failed(&mut self, err: ApiError) -> Result<Requeue, Error> {
@@ -775,7 +795,12 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         match decision::recovery(&err, "delete remote deployments") {
             Recovery::Stall(health) => self.cleanup_blocked(health).await,
             Recovery::RetryAfter(health, after) => {
-                self.finish(None, health, Requeue::requeue(after)).await
+                self.finish(None, health, Requeue::await_change()).await?;
+                Err(Error::CleanupPending {
+                    namespace: self.namespace.clone(),
+                    name: self.name(),
+                    retry_after: after,
+                })
             }
             Recovery::Backoff(health) | Recovery::Reconcile(health) => {
                 self.finish(None, health, Requeue::await_change()).await?;
@@ -806,7 +831,9 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                 "kind": "Deployment",
                 "status": status,
             });
-            self.api
+            // Later writes of this reconcile carry the new resourceVersion.
+            self.obj = self
+                .api
                 .patch_status(
                     &self.name(),
                     &PatchParams::apply(MANAGER).force(),

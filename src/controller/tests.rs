@@ -1099,12 +1099,22 @@ fn secs(s: f64) -> Duration {
 // ===== Scenarios =====
 
 #[tokio::test]
-async fn a_new_object_only_gets_the_cleanup_finalizer() {
+async fn a_new_object_gets_conditions_and_the_cleanup_finalizer_and_nothing_else() {
     let mut o = object(spec(json!({})));
     o.metadata.finalizers = None;
     let mut h = Harness::new(o);
 
-    let action = h.reconcile(vec![Expect::add_finalizer()]).await.unwrap();
+    // Conditions first: kstatus must never see a new object without them (it would say Current).
+    let action = h
+        .reconcile(vec![
+            Expect::status(|s| {
+                assert_health(s, "Reconciling", "Pending");
+                assert_eq!(s.observed_generation, Some(1));
+            }),
+            Expect::add_finalizer(),
+        ])
+        .await
+        .unwrap();
 
     assert_eq!(action, Action::await_change());
     assert_eq!(

@@ -121,7 +121,10 @@ pub struct Context<A: DeploymentsApi> {
     failures: Mutex<HashMap<ObjectKey, u32>>,
     /// Creates under way or about to be, per token: observation yields to them.
     creates_pending: Mutex<HashMap<u64, usize>>,
-    create_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    create_gates: Mutex<HashMap<u64, Arc<tokio::sync::RwLock<()>>>>,
+    /// Deployments this process created, by id, with the creating object's uid: claimed
+    /// before the object's own record of them reaches the store.
+    created_here: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl<A: DeploymentsApi> Context<A> {
@@ -140,7 +143,8 @@ impl<A: DeploymentsApi> Context<A> {
             observe_max_age: Duration::from_secs(1),
             failures: Mutex::default(),
             creates_pending: Mutex::default(),
-            create_locks: Mutex::default(),
+            create_gates: Mutex::default(),
+            created_here: Mutex::default(),
         }
     }
 
@@ -160,14 +164,23 @@ impl<A: DeploymentsApi> Context<A> {
             .remove(key);
     }
 
-    /// Creates of one token and branch never run concurrently, so that "look for a lost
-    /// create" can never mistake another object's fresh deployment for its own.
-    fn create_lock(&self, token: &ApiToken, branch: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// Creates of one token and branch share this gate (read) while their request is in
+    /// flight; looking for a lost create takes it alone (write), so that it never runs while
+    /// another object's fresh deployment exists remotely but is not yet claimed by anyone.
+    fn create_gate(&self, token: &ApiToken, branch: &str) -> Arc<tokio::sync::RwLock<()>> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         token.expose().hash(&mut h);
         branch.hash(&mut h);
-        let mut locks = self.create_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(h.finish()).or_default().clone()
+        let mut gates = self.create_gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates.entry(h.finish()).or_default().clone()
+    }
+
+    /// Claims `id` for the object `uid` the moment its create was answered.
+    fn note_created(&self, id: &str, uid: &str) {
+        let mut created = self.created_here.lock().unwrap_or_else(|e| e.into_inner());
+        // By then the store has long shown every object's own record of its deployments.
+        created.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(600));
+        created.insert(id.to_string(), (uid.to_string(), std::time::Instant::now()));
     }
 
     fn token_key(token: &ApiToken) -> u64 {
@@ -204,18 +217,28 @@ impl<A: DeploymentsApi> Context<A> {
 
     /// Remote ids that objects other than `me` own (current or history).
     fn claimed_ids(&self, me: &GitDeployment) -> HashSet<String> {
-        let Some(store) = &self.store else {
-            return HashSet::new();
-        };
-        store
-            .state()
+        let my_uid = me.metadata.uid.clone().unwrap_or_default();
+        let mut claimed: HashSet<String> = self
+            .created_here
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|o| o.metadata.uid != me.metadata.uid)
-            .flat_map(|o| {
-                let s = State::of(o);
-                s.id.into_iter().chain(s.history)
-            })
-            .collect()
+            .filter(|(_, (uid, _))| *uid != my_uid)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if let Some(store) = &self.store {
+            claimed.extend(
+                store
+                    .state()
+                    .iter()
+                    .filter(|o| o.metadata.uid != me.metadata.uid)
+                    .flat_map(|o| {
+                        let s = State::of(o);
+                        s.id.into_iter().chain(s.history)
+                    }),
+            );
+        }
+        claimed
     }
 }
 

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::api::{ApiError, ApiToken, DeploymentStatus, DeploymentsApi, ListQuery};
+use crate::api::{
+    ApiError, ApiToken, DeploymentStatus, DeploymentSummary, DeploymentsApi, ListQuery,
+};
 
 /// What the last listing said of one deployment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,32 +147,41 @@ async fn list_back_to<A: DeploymentsApi>(
     token: &ApiToken,
     oldest: Timestamp,
 ) -> Result<(HashMap<String, DeploymentStatus>, Option<Timestamp>), ApiError> {
-    let mut seen = HashMap::new();
-    let mut offset = 0u64;
-    let covered_since = loop {
-        let page = api
-            .list(
-                token,
-                &ListQuery {
-                    limit: Some(100),
-                    offset: Some(offset),
-                    status: None,
-                },
-            )
-            .await?;
-        for d in &page.data {
-            seen.insert(d.id.clone(), d.status);
-        }
-        offset += page.data.len() as u64;
-        let last = page.data.last().map(|d| d.created_at);
-        let exhausted = page.data.is_empty() || offset >= page.meta.total;
-        match last {
-            // Creation times are whole seconds: a deployment created in the same second as the
-            // last row may be on the next page, so stop only strictly before `oldest`.
-            Some(t) if t < oldest => break Some(t + Duration::from_secs(1)),
-            _ if exhausted => break Some(Timestamp::MIN),
-            _ => {}
-        }
+    let rows = list_newest_back_to(api, token, oldest).await?;
+    let covered_since = match rows.last() {
+        // Creation times are whole seconds: a deployment created in the same second as the
+        // last row may be on the next page, so coverage starts one second later.
+        Some(last) if last.created_at < oldest => Some(last.created_at + Duration::from_secs(1)),
+        _ => Some(Timestamp::MIN),
     };
-    Ok((seen, covered_since))
+    Ok((
+        rows.into_iter().map(|d| (d.id, d.status)).collect(),
+        covered_since,
+    ))
+}
+
+/// Every deployment of the token's project, newest first, page by page (100 a call) until a
+/// page reaches back before `oldest` or the list ends. The last page may hold older rows.
+pub async fn list_newest_back_to<A: DeploymentsApi>(
+    api: &A,
+    token: &ApiToken,
+    oldest: Timestamp,
+) -> Result<Vec<DeploymentSummary>, ApiError> {
+    let mut rows = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let query = ListQuery {
+            limit: Some(100),
+            offset: Some(offset),
+            status: None,
+        };
+        let page = api.list(token, &query).await?;
+        offset += page.data.len() as u64;
+        let reached = page.data.last().is_some_and(|d| d.created_at < oldest);
+        let exhausted = page.data.is_empty() || offset >= page.meta.total;
+        rows.extend(page.data);
+        if reached || exhausted {
+            return Ok(rows);
+        }
+    }
 }

@@ -16,13 +16,13 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::decision::{self, Action, CancelReason, Desired, Health, Observed, Recovery};
-use super::observer::Seen;
+use super::observer::{Seen, list_newest_back_to};
 use super::secrets::{self, SecretProblem};
 use super::state::{self, DeploymentInputs, Intent, State};
 use super::{Context, Error};
 use crate::api::{
     ApiError, ApiToken, CreateDeploymentRequest, DeploymentDetails, DeploymentStatus as Remote,
-    DeploymentsApi, ListQuery,
+    DeploymentsApi,
 };
 use crate::resource::{
     ANNOTATION_DEPLOYMENT_ID, DeletionPolicy, FINALIZER, GitDeployment, GitDeploymentStatus,
@@ -436,8 +436,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         env: &BTreeMap<String, String>,
         fingerprint: &str,
     ) -> Result<Observed, ApiError> {
-        let lock = self.ctx.create_lock(token, &self.obj.spec.branch);
-        let _serialised = lock.lock().await;
+        let gate = self.ctx.create_gate(token, &self.obj.spec.branch);
         self.state.intent = Some(Intent {
             fingerprint: fingerprint.to_string(),
             at: Timestamp::now(),
@@ -456,7 +455,16 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             commit_sha: spec.commit_sha.clone(),
             env_vars: (!env.is_empty()).then(|| env.clone()),
         };
-        match self.ctx.api.create(token, &request).await {
+        let answer = {
+            let _in_flight = gate.read().await;
+            let answer = self.ctx.api.create(token, &request).await;
+            if let Ok(created) = &answer {
+                let uid = self.obj.metadata.uid.clone().unwrap_or_default();
+                self.ctx.note_created(&created.id, &uid);
+            }
+            answer
+        };
+        match answer {
             Ok(created) => {
                 self.state
                     .replace_current(created.id.clone(), fingerprint.to_string());
@@ -563,9 +571,10 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             .await;
             return Ok(Settled::Done);
         }
-        // Not while a create of the same token and branch is between its answer and its record.
-        let lock = self.ctx.create_lock(token, &self.obj.spec.branch);
-        let _serialised = lock.lock().await;
+        // Not while a create of the same token and branch is in flight: its deployment could
+        // exist remotely and be claimed by no one yet.
+        let gate = self.ctx.create_gate(token, &self.obj.spec.branch);
+        let _alone = gate.write().await;
         match self.find_created(token, &intent).await {
             Ok(Found::One(id)) => {
                 self.state
@@ -600,38 +609,17 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
     async fn find_created(&self, token: &ApiToken, intent: &Intent) -> Result<Found, ApiError> {
         let since = intent.at - CLOCK_SKEW;
         let claimed = self.ctx.claimed_ids(&self.obj);
-        let mut candidates = Vec::new();
-        let mut offset = 0u64;
-        'pages: loop {
-            let page = self
-                .ctx
-                .api
-                .list(
-                    token,
-                    &ListQuery {
-                        limit: Some(100),
-                        offset: Some(offset),
-                        status: None,
-                    },
-                )
-                .await?;
-            for d in &page.data {
-                if d.created_at < since {
-                    break 'pages;
-                }
-                // The current and earlier deployments of this object are known not to be it
-                // (the current one is being superseded when a create is in flight).
-                let ours =
-                    self.state.id.as_ref() == Some(&d.id) || self.state.history.contains(&d.id);
-                if d.branch == self.obj.spec.branch && !claimed.contains(&d.id) && !ours {
-                    candidates.push(d.id.clone());
-                }
-            }
-            offset += page.data.len() as u64;
-            if page.data.is_empty() || offset >= page.meta.total {
-                break;
-            }
-        }
+        // The current and earlier deployments of this object are known not to be it (the
+        // current one is being superseded when a create is in flight).
+        let ours =
+            |id: &String| self.state.id.as_ref() == Some(id) || self.state.history.contains(id);
+        let candidates: Vec<String> = list_newest_back_to(&self.ctx.api, token, since)
+            .await?
+            .into_iter()
+            .filter(|d| d.created_at >= since && d.branch == self.obj.spec.branch)
+            .map(|d| d.id)
+            .filter(|id| !claimed.contains(id) && !ours(id))
+            .collect();
         let mut matching = Vec::new();
         for id in candidates {
             let d = self.ctx.api.get(token, &id).await?;

@@ -41,7 +41,9 @@ struct Args {
     namespace: Option<String>,
 
     /// How many objects are reconciled at the same time.
-    #[arg(long, env = "GITDEV_CONCURRENCY", default_value_t = 16)]
+    /// Reconciles mostly wait (for the API's rate budget, for Kubernetes), so this is set well
+    /// above the core count.
+    #[arg(long, env = "GITDEV_CONCURRENCY", default_value_t = 64)]
     concurrency: u16,
 
     /// Address of the /metrics, /healthz and /readyz endpoints.

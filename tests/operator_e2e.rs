@@ -132,11 +132,12 @@ fn an_applied_object_reaches_ready_with_its_url_in_status_and_in_kubectl_get() {
     assert_eq!(status["status"], "success");
     assert!(message.contains(&url), "{message}");
     assert_eq!(status["observedGeneration"], obj["metadata"]["generation"]);
-    assert!(
-        status["completedAt"].is_string() && status["createdAt"].is_string(),
-        "{status}"
-    );
-    assert!(status["buildDuration"].is_string(), "{status}");
+    // Ready comes from the shared listing; the completion details (one GET) follow.
+    let status = eventually(WAIT, "completion details", || {
+        let s = w.get("web")["status"].clone();
+        (s["completedAt"].is_string() && s["buildDuration"].is_string()).then_some(s)
+    });
+    assert!(status["createdAt"].is_string(), "{status}");
     assert_eq!(status["commitSha"].as_str().map(str::len), Some(40));
     for t in ["Reconciling", "Stalled"] {
         assert_eq!(

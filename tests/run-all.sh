@@ -28,7 +28,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test (unit, CRD drift, simulator, client, control plane, operator end to end)"
-cargo test --all-targets
+# Every suite runs even when one fails, so that one run shows every failure.
+cargo test --all-targets --no-fail-fast
 
 step "schemathesis against the simulator's OpenAPI document"
 tests/schemathesis/run.sh

@@ -121,7 +121,7 @@ pub struct Context<A: DeploymentsApi> {
     failures: Mutex<HashMap<ObjectKey, u32>>,
     /// Creates under way or about to be, per token: observation yields to them.
     creates_pending: Mutex<HashMap<u64, usize>>,
-    create_gates: Mutex<HashMap<u64, Arc<tokio::sync::RwLock<()>>>>,
+    create_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Deployments this process created, by id, with the creating object's uid: claimed
     /// before the object's own record of them reaches the store.
     created_here: Mutex<HashMap<String, (String, std::time::Instant)>>,
@@ -164,10 +164,12 @@ impl<A: DeploymentsApi> Context<A> {
             .remove(key);
     }
 
-    /// Creates of one token and branch share this gate (read) while their request is in
-    /// flight; looking for a lost create takes it alone (write), so that it never runs while
-    /// another object's fresh deployment exists remotely but is not yet claimed by anyone.
-    fn create_gate(&self, token: &ApiToken, branch: &str) -> Arc<tokio::sync::RwLock<()>> {
+    /// Held around each create request of one token and branch (and its in-process claim),
+    /// and around looking for a lost create: creates of one token and branch never run
+    /// concurrently, and a search never runs while another object's fresh deployment exists
+    /// remotely unclaimed. The Kubernetes writes around a create stay outside, so creates of
+    /// many objects still overlap in everything but the request itself.
+    fn create_gate(&self, token: &ApiToken, branch: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         token.expose().hash(&mut h);
         branch.hash(&mut h);

@@ -456,7 +456,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             env_vars: (!env.is_empty()).then(|| env.clone()),
         };
         let answer = {
-            let _in_flight = gate.read().await;
+            let _one_at_a_time = gate.lock().await;
             let answer = self.ctx.api.create(token, &request).await;
             if let Ok(created) = &answer {
                 let uid = self.obj.metadata.uid.clone().unwrap_or_default();
@@ -574,7 +574,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         // Not while a create of the same token and branch is in flight: its deployment could
         // exist remotely and be claimed by no one yet.
         let gate = self.ctx.create_gate(token, &self.obj.spec.branch);
-        let _alone = gate.write().await;
+        let _alone = gate.lock().await;
         match self.find_created(token, &intent).await {
             Ok(Found::One(id)) => {
                 self.state

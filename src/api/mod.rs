@@ -105,12 +105,14 @@ impl fmt::Display for ApiToken {
 /// work and starting what users asked for come before observing what is already known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
-    /// GET / list / logs of deployments whose state we already mirror.
+    /// GET / logs of one deployment whose state we already mirror.
     Observe = 0,
+    /// A listing: one call observes up to 100 deployments, so it goes before single GETs.
+    Survey = 1,
     /// Create.
-    Create = 1,
+    Create = 2,
     /// Cancel and delete.
-    Act = 2,
+    Act = 3,
 }
 
 impl Endpoint {
@@ -118,7 +120,8 @@ impl Endpoint {
         match self {
             Self::Cancel | Self::Delete => Priority::Act,
             Self::Create => Priority::Create,
-            Self::List | Self::Get | Self::Logs => Priority::Observe,
+            Self::List => Priority::Survey,
+            Self::Get | Self::Logs => Priority::Observe,
         }
     }
 }

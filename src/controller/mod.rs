@@ -98,6 +98,9 @@ impl Error {
 
 type ObjectKey = (String, String);
 
+/// Serializes the create requests (and lost-create searches) of one token and branch.
+type CreateGate = Arc<tokio::sync::Mutex<()>>;
+
 /// Shared by every reconciliation.
 pub struct Context<A: DeploymentsApi> {
     pub client: Client,
@@ -120,8 +123,8 @@ pub struct Context<A: DeploymentsApi> {
     pub store: Option<Store<GitDeployment>>,
     failures: Mutex<HashMap<ObjectKey, u32>>,
     /// Creates under way or about to be, per token: observation yields to them.
-    creates_pending: Mutex<HashMap<u64, usize>>,
-    create_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    creates_pending: Mutex<HashMap<ApiToken, usize>>,
+    create_gates: Mutex<HashMap<(ApiToken, String), CreateGate>>,
     /// Deployments this process created, by id, with the creating object's uid: claimed
     /// before the object's own record of them reaches the store.
     created_here: Mutex<HashMap<String, (String, std::time::Instant)>>,
@@ -169,12 +172,12 @@ impl<A: DeploymentsApi> Context<A> {
     /// concurrently, and a search never runs while another object's fresh deployment exists
     /// remotely unclaimed. The Kubernetes writes around a create stay outside, so creates of
     /// many objects still overlap in everything but the request itself.
-    fn create_gate(&self, token: &ApiToken, branch: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        token.expose().hash(&mut h);
-        branch.hash(&mut h);
+    fn create_gate(&self, token: &ApiToken, branch: &str) -> CreateGate {
         let mut gates = self.create_gates.lock().unwrap_or_else(|e| e.into_inner());
-        gates.entry(h.finish()).or_default().clone()
+        gates
+            .entry((token.clone(), branch.to_string()))
+            .or_default()
+            .clone()
     }
 
     /// Claims `id` for the object `uid` the moment its create was answered.
@@ -185,20 +188,14 @@ impl<A: DeploymentsApi> Context<A> {
         created.insert(id.to_string(), (uid.to_string(), std::time::Instant::now()));
     }
 
-    fn token_key(token: &ApiToken) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        token.expose().hash(&mut h);
-        h.finish()
-    }
-
     /// Counts a create as pending for `token` until the guard is dropped.
     fn create_pending(&self, token: &ApiToken) -> PendingCreate<'_> {
-        let key = Self::token_key(token);
+        let key = token.clone();
         *self
             .creates_pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
+            .entry(key.clone())
             .or_insert(0) += 1;
         PendingCreate {
             counts: &self.creates_pending,
@@ -214,7 +211,7 @@ impl<A: DeploymentsApi> Context<A> {
             .creates_pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        counts.get(&Self::token_key(token)).is_some_and(|n| *n > 0)
+        counts.get(token).is_some_and(|n| *n > 0)
     }
 
     /// Remote ids that objects other than `me` own (current or history).
@@ -245,8 +242,8 @@ impl<A: DeploymentsApi> Context<A> {
 }
 
 struct PendingCreate<'a> {
-    counts: &'a Mutex<HashMap<u64, usize>>,
-    key: u64,
+    counts: &'a Mutex<HashMap<ApiToken, usize>>,
+    key: ApiToken,
 }
 
 impl Drop for PendingCreate<'_> {

@@ -7,7 +7,6 @@
 //! thousand objects converge without polling each one.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ pub enum Seen {
 
 #[derive(Default)]
 pub struct Observer {
-    tokens: Mutex<HashMap<u64, Arc<TokenView>>>,
+    tokens: Mutex<HashMap<ApiToken, Arc<TokenView>>>,
 }
 
 #[derive(Default)]
@@ -59,10 +58,8 @@ impl View {
 
 impl Observer {
     fn view(&self, token: &ApiToken) -> Arc<TokenView> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        token.expose().hash(&mut h);
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        tokens.entry(h.finish()).or_default().clone()
+        tokens.entry(token.clone()).or_default().clone()
     }
 
     /// The status of deployment `id` (created at `created_at`) as listed at most `max_age` ago.

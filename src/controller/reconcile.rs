@@ -514,7 +514,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         reason: CancelReason,
     ) -> Result<Observed, ApiError> {
         match self.ctx.api.cancel(token, id).await {
-            Ok(c) => {
+            Ok(_) => {
                 if reason == CancelReason::Requested {
                     self.state.cancel_requested = true;
                     self.save_state().await.map_err(|e| ApiError::Transport {
@@ -532,7 +532,6 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                     &format!("cancelled deployment {id}: {why}"),
                 )
                 .await;
-                let _ = c;
                 // The cancel answer lacks urls and times: read the whole deployment back.
                 self.read(token).await
             }

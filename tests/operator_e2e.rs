@@ -8,8 +8,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::cluster::KubectlOutput;
 use common::cluster::{Cluster, TestNamespace, cluster};
-use common::stack::{Operator, Sim, eventually};
+use common::stack::{InNamespace, Operator, Sim, eventually};
 use serde_json::Value;
 
 const PHASE_SECONDS: f64 = 1.0;
@@ -23,6 +24,38 @@ struct World {
 }
 
 impl World {
+    fn k(&self) -> InNamespace<'_> {
+        InNamespace {
+            cluster: self.cluster,
+            ns: &self.ns,
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> KubectlOutput {
+        self.k().kubectl(args)
+    }
+
+    fn apply(&self, manifest: &str) -> KubectlOutput {
+        self.k().apply(manifest)
+    }
+
+    fn get(&self, name: &str) -> Value {
+        self.k().get(name)
+    }
+
+    fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
+        self.k().condition(name, type_)
+    }
+
+    #[track_caller]
+    fn wait_for(&self, name: &str, type_: &str, reason: &str) -> String {
+        self.k().wait_for(name, type_, reason, WAIT)
+    }
+
+    fn events(&self, name: &str) -> String {
+        self.k().events(name)
+    }
+
     fn new(prefix: &str) -> World {
         Self::with_phase(prefix, PHASE_SECONDS)
     }
@@ -41,69 +74,11 @@ impl World {
         }
     }
 
-    fn kubectl(&self, args: &[&str]) -> common::cluster::KubectlOutput {
-        let mut all: Vec<&str> = vec!["-n", &self.ns];
-        all.extend_from_slice(args);
-        self.cluster.kubectl(all)
-    }
-
-    fn apply(&self, manifest: &str) -> common::cluster::KubectlOutput {
-        self.cluster
-            .kubectl_with_stdin(["-n", &self.ns, "apply", "-f", "-"], manifest)
-    }
-
     fn token_secret(&self, name: &str, token: &str) {
         let yaml = format!(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  token: {token}\n"
         );
         self.apply(&yaml).expect_success();
-    }
-
-    fn get(&self, name: &str) -> Value {
-        let out = self
-            .kubectl(&["get", "gitdeployment", name, "-o", "json"])
-            .expect_success();
-        serde_json::from_str(&out).unwrap()
-    }
-
-    fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
-        let obj = self.get(name);
-        obj["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == type_)
-            .map(|c| {
-                (
-                    c["status"].as_str().unwrap_or("").to_string(),
-                    c["reason"].as_str().unwrap_or("").to_string(),
-                    c["message"].as_str().unwrap_or("").to_string(),
-                )
-            })
-    }
-
-    /// Waits until condition `type_` is True with `reason`; returns its message.
-    #[track_caller]
-    fn wait_for(&self, name: &str, type_: &str, reason: &str) -> String {
-        eventually(
-            WAIT,
-            &format!("{name} to be {type_}={reason}"),
-            || match self.condition(name, type_) {
-                Some((s, r, m)) if s == "True" && r == reason => Some(m),
-                _ => None,
-            },
-        )
-    }
-
-    fn events(&self, name: &str) -> String {
-        self.kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-            "-o",
-            "json",
-        ])
-        .expect_success()
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, KubectlOutput, TestNamespace, cluster};
-use common::stack::{Operator, Sim, eventually, http};
+use common::stack::{InNamespace, Operator, Sim, eventually, http};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -19,6 +19,38 @@ struct World {
 }
 
 impl World {
+    fn k(&self) -> InNamespace<'_> {
+        InNamespace {
+            cluster: self.cluster,
+            ns: &self.ns,
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> KubectlOutput {
+        self.k().kubectl(args)
+    }
+
+    fn apply(&self, manifest: &str) -> KubectlOutput {
+        self.k().apply(manifest)
+    }
+
+    fn get(&self, name: &str) -> Value {
+        self.k().get(name)
+    }
+
+    fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
+        self.k().condition(name, type_)
+    }
+
+    #[track_caller]
+    fn wait_for(&self, name: &str, type_: &str, reason: &str) -> String {
+        self.k().wait_for(name, type_, reason, WAIT)
+    }
+
+    fn events(&self, name: &str) -> String {
+        self.k().events(name)
+    }
+
     fn new(prefix: &str, phase: f64) -> World {
         let cluster = cluster();
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -35,50 +67,6 @@ impl World {
 
     fn operator(&self, extra: &[&str]) -> Operator {
         Operator::start(self.cluster, &self.sim.api_url(), &self.ns, extra)
-    }
-
-    fn kubectl(&self, args: &[&str]) -> KubectlOutput {
-        let mut all: Vec<&str> = vec!["-n", &self.ns];
-        all.extend_from_slice(args);
-        self.cluster.kubectl(all)
-    }
-
-    fn apply(&self, manifest: &str) -> KubectlOutput {
-        self.cluster
-            .kubectl_with_stdin(["-n", &self.ns, "apply", "-f", "-"], manifest)
-    }
-
-    fn get(&self, name: &str) -> Value {
-        serde_json::from_str(
-            &self
-                .kubectl(&["get", "gitdeployment", name, "-o", "json"])
-                .expect_success(),
-        )
-        .unwrap()
-    }
-
-    fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
-        let obj = self.get(name);
-        obj["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == type_)
-            .map(|c| {
-                let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
-                (s("status"), s("reason"), s("message"))
-            })
-    }
-
-    #[track_caller]
-    fn wait_for(&self, name: &str, type_: &str, reason: &str) -> String {
-        eventually(
-            WAIT,
-            &format!("{name} to be {type_}={reason}"),
-            || match self.condition(name, type_) {
-                Some((s, r, m)) if s == "True" && r == reason => Some(m),
-                _ => None,
-            },
-        )
     }
 
     /// Waits until the object's remote deployment (`status.deploymentId`) is `id` and Ready.
@@ -103,18 +91,6 @@ impl World {
                 .hook("PUT", "/_sim/faults", Some(json!({ "rules": rules }))),
             200
         );
-    }
-
-    fn events(&self, name: &str) -> String {
-        self.kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-            "-o",
-            "json",
-        ])
-        .expect_success()
     }
 
     fn state(&self, name: &str) -> Value {

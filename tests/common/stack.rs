@@ -299,3 +299,63 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// kubectl in one namespace, and the reads end-to-end tests make of gitdeployments there.
+pub struct InNamespace<'a> {
+    pub cluster: &'a Cluster,
+    pub ns: &'a str,
+}
+
+impl InNamespace<'_> {
+    pub fn kubectl(&self, args: &[&str]) -> super::cluster::KubectlOutput {
+        let mut all: Vec<&str> = vec!["-n", self.ns];
+        all.extend_from_slice(args);
+        self.cluster.kubectl(all)
+    }
+
+    pub fn apply(&self, manifest: &str) -> super::cluster::KubectlOutput {
+        self.cluster
+            .kubectl_with_stdin(["-n", self.ns, "apply", "-f", "-"], manifest)
+    }
+
+    /// The gitdeployment `name` as JSON.
+    pub fn get(&self, name: &str) -> Value {
+        let out = self
+            .kubectl(&["get", "gitdeployment", name, "-o", "json"])
+            .expect_success();
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// `(status, reason, message)` of condition `type_`.
+    pub fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
+        let obj = self.get(name);
+        obj["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .map(|c| {
+                let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+                (s("status"), s("reason"), s("message"))
+            })
+    }
+
+    /// Waits until condition `type_` is True with `reason`; returns its message.
+    #[track_caller]
+    pub fn wait_for(&self, name: &str, type_: &str, reason: &str, timeout: Duration) -> String {
+        eventually(
+            timeout,
+            &format!("{name} to be {type_}={reason}"),
+            || match self.condition(name, type_) {
+                Some((s, r, m)) if s == "True" && r == reason => Some(m),
+                _ => None,
+            },
+        )
+    }
+
+    /// The events about object `name`, as JSON text.
+    pub fn events(&self, name: &str) -> String {
+        let selector = format!("involvedObject.name={name}");
+        self.kubectl(&["get", "events", "--field-selector", &selector, "-o", "json"])
+            .expect_success()
+    }
+}

@@ -1,7 +1,7 @@
 //! The `Deployment.git.dev` custom resource: what users write (`spec`) and what the operator
 //! reports back (`status`). Types only, no IO. The `///` docs below become `kubectl explain`.
 //!
-//! The user-facing contract is `shared/spec/gitdeployment-resource.md`.
+//! The user-facing contract is `docs/gitdeployment-resource.md`.
 
 use std::collections::BTreeMap;
 
@@ -10,8 +10,6 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of every kind the operator owns.
-pub const GROUP: &str = "git.dev";
 /// Finalizer that makes deletion wait for the remote cleanup the `deletionPolicy` asks for.
 pub const FINALIZER: &str = "git.dev/cleanup";
 /// Adoption and status-loss safety: the id of the remote deployment this object owns.
@@ -306,10 +304,6 @@ pub struct HistoryEntry {
 }
 
 impl GitDeploymentSpec {
-    pub fn credentials(&self) -> SecretKeyRef {
-        self.credentials_or(DEFAULT_CREDENTIALS_SECRET)
-    }
-
     /// The token Secret, with `default_name` (key `token`) when the spec names none: the
     /// operator's `--default-credentials-secret`.
     pub fn credentials_or(&self, default_name: &str) -> SecretKeyRef {
@@ -375,9 +369,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
-        assert_eq!(spec.credentials(), SecretKeyRef::default());
-        assert_eq!(spec.credentials().name, "gitdev-credentials");
-        assert_eq!(spec.credentials().key, "token");
+        let credentials = spec.credentials_or(DEFAULT_CREDENTIALS_SECRET);
+        assert_eq!(credentials, SecretKeyRef::default());
+        assert_eq!(credentials.name, "gitdev-credentials");
+        assert_eq!(credentials.key, "token");
         assert_eq!(spec.history_limit(), 10);
         assert!(!spec.cancel);
     }

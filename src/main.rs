@@ -18,7 +18,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 
 use gitdev::api::{ClientConfig, HttpClient};
-use gitdev::controller::{self, Context, RunOptions};
+use gitdev::controller::{self, Config, RunOptions};
 use gitdev::metrics::Metrics;
 use gitdev::resource::GitDeployment;
 
@@ -215,16 +215,13 @@ async fn run(args: Args) -> Result<(), String> {
             .await;
     });
 
-    let mut ctx = Context::new(
-        client.clone(),
-        api,
-        controller::recorder(client.clone()),
-        metrics,
-    );
-    ctx.fingerprint_key = args.fingerprint_key.map(String::into_bytes);
-    ctx.cleanup_grace = Duration::from_secs(args.cleanup_grace_seconds);
-    ctx.default_credentials = args.default_credentials_secret;
-    ctx.existence_check = Duration::from_secs(args.recheck_finished_seconds.max(1));
+    let reconciler = Config {
+        fingerprint_key: args.fingerprint_key.map(String::into_bytes),
+        cleanup_grace: Duration::from_secs(args.cleanup_grace_seconds),
+        default_credentials: args.default_credentials_secret,
+        existence_check: Duration::from_secs(args.recheck_finished_seconds.max(1)),
+        ..Config::default()
+    };
     let options = RunOptions {
         namespace: args.namespace,
         concurrency: args.concurrency,
@@ -269,7 +266,9 @@ async fn run(args: Args) -> Result<(), String> {
     ready.store(false, Ordering::Relaxed);
     controller::run(
         client,
-        ctx,
+        api,
+        metrics,
+        reconciler,
         options,
         move || ready.store(true, Ordering::Relaxed),
         stop_acting,

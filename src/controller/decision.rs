@@ -1,15 +1,16 @@
-//! "Spec + observed remote state → next action": the operator's decisions as pure functions,
-//! so that every case is a row of a table test. IO lives in `reconcile.rs`.
+//! "Spec + observed remote state → next step": the operator's decisions as pure functions, so
+//! that every case is a row of a table test. IO lives in the steps around them (`reconcile.rs`).
 
 use std::time::Duration;
 
+use super::state::State;
 use crate::api::{ApiError, DeploymentDetails, DeploymentStatus as Remote, ErrorClass};
 use crate::resource::DeletionPolicy;
 
 /// What the object wants, reduced to what decisions need.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Desired {
-    /// Fingerprint of the deployment spec (project, branch, commit, env values, redeploy).
+pub struct Goal {
+    /// Fingerprint of the desired deployment (see `desired::DesiredDeployment::fingerprint`).
     pub fingerprint: String,
     /// `spec.cancel`.
     pub cancel: bool,
@@ -18,26 +19,18 @@ pub struct Desired {
     pub deleting: bool,
 }
 
-/// The remote deployment the object tracks, as read from the API in this reconcile.
+/// The remote deployment the object tracks, as seen in this reconcile.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Observed {
+    /// Not looked at in this reconcile (a deletion that needs no API, a Secret problem): what
+    /// `.status` mirrors of it stands.
+    Unread,
     /// The object tracks no remote deployment.
     Untracked,
     /// The API returned the tracked deployment.
     Found(Box<DeploymentDetails>),
     /// The API answered 404 for the tracked id: deleted behind our back.
     Missing { id: String },
-}
-
-/// What the object remembers of its current remote deployment (annotation `git.dev/state`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Memory {
-    /// Fingerprint the tracked deployment was made (or adopted) for.
-    pub fingerprint: Option<String>,
-    /// The operator asked the API to cancel the tracked deployment because of `spec.cancel`.
-    pub cancel_requested: bool,
-    /// Earlier deployments of this object, newest first.
-    pub history: Vec<String>,
 }
 
 /// Why a deployment is cancelled.
@@ -49,107 +42,179 @@ pub enum CancelReason {
     Superseded,
 }
 
-/// The next remote step.
+/// The one remote step of this reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum Step {
     /// Make a remote deployment of the current spec. `supersede` is the in-progress deployment
     /// to cancel first; the tracked deployment (if any) goes to history.
     Create { supersede: Option<String> },
     /// Cancel the tracked deployment.
     Cancel { id: String, reason: CancelReason },
-    /// Deletion with `Delete`: cancel those in progress, then delete every listed deployment.
-    Cleanup { ids: Vec<String> },
-    /// Deletion is free to complete: nothing (more) remote to do.
+    /// Deletion with policy `Delete`: cancel those in progress, then delete every one listed.
+    Delete { ids: Vec<String> },
+    /// Deletion with policy `Orphan`: leave these remote deployments in place, and say so.
+    Orphan { ids: Vec<String> },
+    /// Deletion is free to complete: nothing remote was ever made, or nothing is left.
     Release,
-    /// Nothing remote to do; observe again after the given delay, or only on a change.
-    Wait { recheck: Option<Duration> },
+    /// Nothing remote to do now.
+    Wait,
+}
+
+/// When to look at the object again once the step is done (a failed step has its own
+/// answer: see `recovery`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recheck {
+    /// In progress: observe again after this long (jitter is added by the caller).
+    Poll(Duration),
+    /// Finished: only check, rarely, that it still exists (`--recheck-finished-seconds`).
+    Existence,
+    /// Only a change of the object or its Secrets can change anything.
+    OnChange,
+}
+
+/// The decision: one step, and when to come back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Next {
+    pub step: Step,
+    pub recheck: Recheck,
+}
+
+impl Next {
+    fn wait(recheck: Recheck) -> Self {
+        Next {
+            step: Step::Wait,
+            recheck,
+        }
+    }
+
+    fn only(step: Step) -> Self {
+        Next {
+            step,
+            recheck: Recheck::OnChange,
+        }
+    }
 }
 
 /// How often an in-progress deployment is looked at again, by phase: a queued deployment
 /// changes less often than a deploying one is about to finish.
-pub fn poll_interval(status: Remote) -> Duration {
+pub fn poll_interval(status: Remote) -> Option<Duration> {
     match status {
-        Remote::Queued => Duration::from_secs(2),
-        Remote::Building => Duration::from_secs(2),
-        Remote::Deploying => Duration::from_secs(1),
-        Remote::Success | Remote::Failed | Remote::Cancelled => EXISTENCE_CHECK,
+        Remote::Queued | Remote::Building => Some(Duration::from_secs(2)),
+        Remote::Deploying => Some(Duration::from_secs(1)),
+        Remote::Success | Remote::Failed | Remote::Cancelled => None,
     }
 }
 
-/// A finished deployment is only checked for existence, rarely (jitter is added by the caller).
-pub const EXISTENCE_CHECK: Duration = Duration::from_secs(600);
+/// How soon the details only a GET gives (completion time, build duration) are read once a
+/// listing said the deployment finished: soon, but after creates and cancels.
+pub const DETAILS_RECHECK: Duration = Duration::from_secs(2);
+
+/// Whether anything remote may exist for the object: a deployment, history, or a create
+/// whose answer was never recorded.
+pub fn made_anything(state: &State) -> bool {
+    state.id.is_some() || !state.history.is_empty() || state.intent.is_some()
+}
+
+/// Whether the remote deployment must be looked at before deciding. Only a deletion that
+/// leaves the remote alone (policy `Orphan`, or nothing ever made) decides without the API,
+/// so that it completes even when the token is gone.
+pub fn must_observe(goal: &Goal, state: &State) -> bool {
+    !goal.deleting || (goal.deletion_policy == DeletionPolicy::Delete && made_anything(state))
+}
 
 /// The decision. Pure: same inputs, same answer.
-pub fn decide(desired: &Desired, memory: &Memory, observed: &Observed) -> Action {
-    if desired.deleting {
-        return decide_deletion(desired, memory, observed);
+pub fn decide(goal: &Goal, state: &State, observed: &Observed) -> Next {
+    if goal.deleting {
+        return Next::only(decide_deletion(goal, state, observed));
     }
     // An unknown fingerprint (a deployment adopted by id) counts as the current spec: replacing
     // it would be a deployment nobody asked for.
-    let spec_changed =
-        |fp: &Option<String>| fp.as_deref().is_some_and(|fp| fp != desired.fingerprint);
+    let spec_changed = state
+        .fingerprint
+        .as_deref()
+        .is_some_and(|fp| fp != goal.fingerprint);
+    let create = |supersede| Next {
+        step: Step::Create { supersede },
+        // A new deployment starts queued.
+        recheck: Recheck::Poll(poll_interval(Remote::Queued).unwrap_or(DETAILS_RECHECK)),
+    };
     match observed {
-        Observed::Untracked if desired.cancel => Action::Wait { recheck: None },
-        Observed::Untracked => Action::Create { supersede: None },
-        Observed::Missing { .. } if desired.cancel => Action::Wait { recheck: None },
+        Observed::Unread => Next::wait(Recheck::OnChange),
+        Observed::Untracked if goal.cancel => Next::wait(Recheck::OnChange),
+        Observed::Untracked => create(None),
+        Observed::Missing { .. } if goal.cancel => Next::wait(Recheck::OnChange),
         // A new spec deserves a new deployment even if the old one vanished.
-        Observed::Missing { .. } if spec_changed(&memory.fingerprint) => {
-            Action::Create { supersede: None }
-        }
+        Observed::Missing { .. } if spec_changed => create(None),
         // Deleted behind our back: reported, never silently recreated (a human decides, e.g. by
         // changing `redeploy`).
-        Observed::Missing { .. } => Action::Wait { recheck: None },
+        Observed::Missing { .. } => Next::wait(Recheck::OnChange),
         Observed::Found(d) => {
             let in_progress = !d.status.is_terminal();
-            if desired.cancel {
+            if goal.cancel {
                 return if in_progress {
-                    Action::Cancel {
+                    Next::only(Step::Cancel {
                         id: d.id.clone(),
                         reason: CancelReason::Requested,
-                    }
+                    })
+                } else if details_pending(d) {
+                    Next::wait(Recheck::Poll(DETAILS_RECHECK))
                 } else {
-                    Action::Wait { recheck: None }
+                    Next::wait(Recheck::OnChange)
                 };
             }
-            if spec_changed(&memory.fingerprint) {
-                return Action::Create {
-                    supersede: in_progress.then(|| d.id.clone()),
-                };
+            if spec_changed {
+                return create(in_progress.then(|| d.id.clone()));
             }
-            match d.status {
-                s if !s.is_terminal() => Action::Wait {
-                    recheck: Some(poll_interval(s)),
-                },
-                Remote::Success => Action::Wait {
-                    recheck: Some(EXISTENCE_CHECK),
-                },
-                // The user lifted `cancel: true`: deploy again.
-                Remote::Cancelled if memory.cancel_requested => Action::Create { supersede: None },
+            // The user lifted `cancel: true`: deploy again.
+            if d.status == Remote::Cancelled && state.cancel_requested {
+                return create(None);
+            }
+            if details_pending(d) {
+                return Next::wait(Recheck::Poll(DETAILS_RECHECK));
+            }
+            match poll_interval(d.status) {
+                Some(every) => Next::wait(Recheck::Poll(every)),
+                None if d.status == Remote::Success => Next::wait(Recheck::Existence),
                 // Failed, or cancelled by someone else: a human decides.
-                _ => Action::Wait { recheck: None },
+                None => Next::wait(Recheck::OnChange),
             }
         }
     }
 }
 
-fn decide_deletion(desired: &Desired, memory: &Memory, observed: &Observed) -> Action {
-    if desired.deletion_policy == DeletionPolicy::Orphan {
-        return Action::Release;
+fn decide_deletion(goal: &Goal, state: &State, observed: &Observed) -> Step {
+    if !made_anything(state) {
+        return Step::Release;
     }
-    let mut ids: Vec<String> = match observed {
-        Observed::Found(d) => vec![d.id.clone()],
+    if goal.deletion_policy == DeletionPolicy::Orphan {
+        return Step::Orphan { ids: state.ids() };
+    }
+    let current = match observed {
+        Observed::Found(d) => Some(&d.id),
+        // Not looked at: it may exist; a delete of one already gone is harmless.
+        Observed::Unread => state.id.as_ref(),
         // Already gone: nothing to delete for the current one.
-        Observed::Missing { .. } | Observed::Untracked => Vec::new(),
+        Observed::Missing { .. } | Observed::Untracked => None,
     };
-    for h in &memory.history {
-        if !ids.contains(h) {
-            ids.push(h.clone());
-        }
+    let ids = State {
+        id: current.cloned(),
+        ..state.clone()
     }
+    .ids();
     if ids.is_empty() {
-        Action::Release
+        Step::Release
     } else {
-        Action::Cleanup { ids }
+        Step::Delete { ids }
+    }
+}
+
+/// A finished deployment whose completion details were not read yet (a listing told it
+/// finished; only a GET gives the times).
+pub fn details_pending(d: &DeploymentDetails) -> bool {
+    match d.status {
+        Remote::Success | Remote::Failed => d.completed_at.is_none(),
+        Remote::Cancelled => d.cancelled_at.is_none(),
+        _ => false,
     }
 }
 
@@ -193,6 +258,14 @@ impl Health {
         }
     }
 
+    pub fn message(&self) -> &str {
+        match self {
+            Health::Ready { message, .. }
+            | Health::Progressing { message, .. }
+            | Health::Stalled { message, .. } => message,
+        }
+    }
+
     pub fn reason(&self) -> &str {
         match self {
             Health::Ready { reason, .. }
@@ -231,12 +304,15 @@ impl Health {
 
 /// Where the object stands once the action of this reconcile is done, from what the API
 /// says of its current deployment.
-pub fn health(desired: &Desired, memory: &Memory, observed: &Observed) -> Health {
-    if desired.deleting {
+pub fn health(goal: &Goal, state: &State, observed: &Observed) -> Health {
+    if goal.deleting {
         return Health::progressing("Deleting", "cleaning up remote deployments before deletion");
     }
     match observed {
-        Observed::Untracked if desired.cancel => Health::ready(
+        Observed::Unread => {
+            Health::progressing("Pending", "accepted by gitdev-operator; reconciling")
+        }
+        Observed::Untracked if goal.cancel => Health::ready(
             "Cancelled",
             "spec.cancel is true: no deployment is made until it is set to false",
         ),
@@ -256,7 +332,7 @@ pub fn health(desired: &Desired, memory: &Memory, observed: &Observed) -> Health
                 },
                 format!("deployment {} is {}", d.id, d.status),
             ),
-            Remote::Success if desired.cancel => Health::ready(
+            Remote::Success if goal.cancel => Health::ready(
                 "Succeeded",
                 format!(
                     "deployment {} had already succeeded when cancel was requested; it is live at {}",
@@ -282,7 +358,7 @@ pub fn health(desired: &Desired, memory: &Memory, observed: &Observed) -> Health
                     }
                 ),
             ),
-            Remote::Cancelled if desired.cancel || memory.cancel_requested => Health::ready(
+            Remote::Cancelled if goal.cancel || state.cancel_requested => Health::ready(
                 "Cancelled",
                 format!("deployment {} was cancelled as spec.cancel requested", d.id),
             ),
@@ -400,14 +476,16 @@ mod tests {
             deploy_url: format!("https://{id}.git.dev"),
             logs_url: format!("http://sim/v1/deployments/{id}/logs"),
             created_at: Timestamp::UNIX_EPOCH,
-            completed_at: None,
+            // As a GET returns it: finished ones carry their times.
+            completed_at: matches!(status, Remote::Success | Remote::Failed)
+                .then_some(Timestamp::UNIX_EPOCH),
             cancelled_by: (status == Remote::Cancelled).then(|| "user_x".into()),
-            cancelled_at: None,
+            cancelled_at: (status == Remote::Cancelled).then_some(Timestamp::UNIX_EPOCH),
         }))
     }
 
-    fn want(fp: &str) -> Desired {
-        Desired {
+    fn want(fp: &str) -> Goal {
+        Goal {
             fingerprint: fp.into(),
             cancel: false,
             deletion_policy: DeletionPolicy::Delete,
@@ -415,51 +493,77 @@ mod tests {
         }
     }
 
-    fn made_for(fp: &str) -> Memory {
-        Memory {
+    /// Tracking deployment `d1`, made for the spec whose fingerprint is `fp`.
+    fn made_for(fp: &str) -> State {
+        State {
+            id: Some("d1".into()),
             fingerprint: Some(fp.into()),
-            ..Memory::default()
+            ..State::default()
         }
     }
 
-    fn wait(d: Duration) -> Action {
-        Action::Wait { recheck: Some(d) }
+    fn wait(d: Duration) -> Next {
+        Next::wait(Recheck::Poll(d))
     }
-    const HOLD: Action = Action::Wait { recheck: None };
+    fn poll(status: Remote) -> Next {
+        wait(poll_interval(status).unwrap())
+    }
+    const HOLD: Next = Next {
+        step: Step::Wait,
+        recheck: Recheck::OnChange,
+    };
+    const EXISTENCE: Next = Next {
+        step: Step::Wait,
+        recheck: Recheck::Existence,
+    };
+    fn create(supersede: Option<&str>) -> Next {
+        Next {
+            step: Step::Create {
+                supersede: supersede.map(str::to_string),
+            },
+            recheck: Recheck::Poll(poll_interval(Remote::Queued).unwrap()),
+        }
+    }
+    fn cancel_d1() -> Next {
+        Next::only(Step::Cancel {
+            id: "d1".into(),
+            reason: CancelReason::Requested,
+        })
+    }
 
     #[test]
     fn the_next_action_follows_from_spec_and_remote_state() {
         use Remote::*;
-        let cancel = Desired {
+        let cancel = Goal {
             cancel: true,
             ..want("A")
         };
-        let cancelled_by_us = Memory {
+        let cancelled_by_us = State {
             cancel_requested: true,
             ..made_for("A")
         };
         #[rustfmt::skip]
-        let table: Vec<(&str, Desired, Memory, Observed, Action)> = vec![
-            ("a new object creates", want("A"), Memory::default(), Observed::Untracked, Action::Create { supersede: None }),
-            ("a queued deployment is polled", want("A"), made_for("A"), details("d1", Queued), wait(poll_interval(Queued))),
-            ("a building deployment is polled", want("A"), made_for("A"), details("d1", Building), wait(poll_interval(Building))),
-            ("a deploying deployment is polled", want("A"), made_for("A"), details("d1", Deploying), wait(poll_interval(Deploying))),
-            ("a success is only checked for existence", want("A"), made_for("A"), details("d1", Success), wait(EXISTENCE_CHECK)),
+        let table: Vec<(&str, Goal, State, Observed, Next)> = vec![
+            ("a new object creates", want("A"), State::default(), Observed::Untracked, create(None)),
+            ("a queued deployment is polled", want("A"), made_for("A"), details("d1", Queued), poll(Queued)),
+            ("a building deployment is polled", want("A"), made_for("A"), details("d1", Building), poll(Building)),
+            ("a deploying deployment is polled", want("A"), made_for("A"), details("d1", Deploying), poll(Deploying)),
+            ("a success is only checked for existence", want("A"), made_for("A"), details("d1", Success), EXISTENCE),
             ("a failure waits for a human", want("A"), made_for("A"), details("d1", Failed), HOLD),
             ("an external cancel waits for a human", want("A"), made_for("A"), details("d1", Cancelled), HOLD),
             ("an external delete waits for a human", want("A"), made_for("A"), Observed::Missing { id: "d1".into() }, HOLD),
-            ("a new spec after an external delete creates", want("B"), made_for("A"), Observed::Missing { id: "d1".into() }, Action::Create { supersede: None }),
-            ("a new spec supersedes a deployment in progress", want("B"), made_for("A"), details("d1", Building), Action::Create { supersede: Some("d1".into()) }),
-            ("a new spec after success creates", want("B"), made_for("A"), details("d1", Success), Action::Create { supersede: None }),
-            ("a new spec after failure creates", want("B"), made_for("A"), details("d1", Failed), Action::Create { supersede: None }),
-            ("an adopted deployment of unknown spec is kept", want("A"), Memory::default(), details("d1", Success), wait(EXISTENCE_CHECK)),
-            ("cancel stops a queued deployment", cancel.clone(), made_for("A"), details("d1", Queued), Action::Cancel { id: "d1".into(), reason: CancelReason::Requested }),
-            ("cancel stops a building deployment", cancel.clone(), made_for("A"), details("d1", Building), Action::Cancel { id: "d1".into(), reason: CancelReason::Requested }),
-            ("cancel stops a deploying deployment", cancel.clone(), made_for("A"), details("d1", Deploying), Action::Cancel { id: "d1".into(), reason: CancelReason::Requested }),
+            ("a new spec after an external delete creates", want("B"), made_for("A"), Observed::Missing { id: "d1".into() }, create(None)),
+            ("a new spec supersedes a deployment in progress", want("B"), made_for("A"), details("d1", Building), create(Some("d1"))),
+            ("a new spec after success creates", want("B"), made_for("A"), details("d1", Success), create(None)),
+            ("a new spec after failure creates", want("B"), made_for("A"), details("d1", Failed), create(None)),
+            ("an adopted deployment of unknown spec is kept", want("A"), State::default(), details("d1", Success), EXISTENCE),
+            ("cancel stops a queued deployment", cancel.clone(), made_for("A"), details("d1", Queued), cancel_d1()),
+            ("cancel stops a building deployment", cancel.clone(), made_for("A"), details("d1", Building), cancel_d1()),
+            ("cancel stops a deploying deployment", cancel.clone(), made_for("A"), details("d1", Deploying), cancel_d1()),
             ("cancel leaves a success alone", cancel.clone(), made_for("A"), details("d1", Success), HOLD),
-            ("cancel holds off a first deployment", cancel.clone(), Memory::default(), Observed::Untracked, HOLD),
-            ("cancel holds off a new spec", Desired { fingerprint: "B".into(), ..cancel.clone() }, made_for("A"), details("d1", Cancelled), HOLD),
-            ("lifting cancel deploys again", want("A"), cancelled_by_us.clone(), details("d1", Cancelled), Action::Create { supersede: None }),
+            ("cancel holds off a first deployment", cancel.clone(), State::default(), Observed::Untracked, HOLD),
+            ("cancel holds off a new spec", Goal { fingerprint: "B".into(), ..cancel.clone() }, made_for("A"), details("d1", Cancelled), HOLD),
+            ("lifting cancel deploys again", want("A"), cancelled_by_us.clone(), details("d1", Cancelled), create(None)),
         ];
         for (name, desired, memory, observed, expected) in table {
             assert_eq!(decide(&desired, &memory, &observed), expected, "{name}");
@@ -469,23 +573,26 @@ mod tests {
     #[test]
     fn deletion_follows_the_deletion_policy() {
         use Remote::*;
-        let deleting = |policy| Desired {
+        let deleting = |policy| Goal {
             deleting: true,
             deletion_policy: policy,
             ..want("A")
         };
-        let with_history = Memory {
+        let with_history = State {
             history: vec!["d0".into(), "d1".into()],
             ..made_for("A")
         };
         #[rustfmt::skip]
-        let table: Vec<(&str, Desired, Memory, Observed, Action)> = vec![
-            ("orphan touches nothing remote", deleting(DeletionPolicy::Orphan), made_for("A"), details("d1", Building), Action::Release),
-            ("delete removes the current deployment", deleting(DeletionPolicy::Delete), made_for("A"), details("d1", Success), Action::Cleanup { ids: vec!["d1".into()] }),
-            ("delete cancels and removes one in progress", deleting(DeletionPolicy::Delete), made_for("A"), details("d1", Building), Action::Cleanup { ids: vec!["d1".into()] }),
-            ("delete removes history too, once each", deleting(DeletionPolicy::Delete), with_history, details("d1", Success), Action::Cleanup { ids: vec!["d1".into(), "d0".into()] }),
-            ("delete of an object that never deployed releases", deleting(DeletionPolicy::Delete), Memory::default(), Observed::Untracked, Action::Release),
-            ("delete of a remote already gone releases", deleting(DeletionPolicy::Delete), made_for("A"), Observed::Missing { id: "d1".into() }, Action::Release),
+        let table: Vec<(&str, Goal, State, Observed, Next)> = vec![
+            ("orphan touches nothing remote and names what it leaves", deleting(DeletionPolicy::Orphan), made_for("A"), Observed::Unread, Next::only(Step::Orphan { ids: vec!["d1".into()] })),
+            ("orphan names history too", deleting(DeletionPolicy::Orphan), with_history.clone(), Observed::Unread, Next::only(Step::Orphan { ids: vec!["d1".into(), "d0".into()] })),
+            ("orphan of an object that never deployed releases", deleting(DeletionPolicy::Orphan), State::default(), Observed::Unread, Next::only(Step::Release)),
+            ("delete removes the current deployment", deleting(DeletionPolicy::Delete), made_for("A"), details("d1", Success), Next::only(Step::Delete { ids: vec!["d1".into()] })),
+            ("delete cancels and removes one in progress", deleting(DeletionPolicy::Delete), made_for("A"), details("d1", Building), Next::only(Step::Delete { ids: vec!["d1".into()] })),
+            ("delete removes history too, once each", deleting(DeletionPolicy::Delete), with_history, details("d1", Success), Next::only(Step::Delete { ids: vec!["d1".into(), "d0".into()] })),
+            ("delete of an object that never deployed releases", deleting(DeletionPolicy::Delete), State::default(), Observed::Untracked, Next::only(Step::Release)),
+            ("delete of a remote already gone releases", deleting(DeletionPolicy::Delete), made_for("A"), Observed::Missing { id: "d1".into() }, Next::only(Step::Release)),
+            ("delete of an object that never deployed needs no look", deleting(DeletionPolicy::Delete), State::default(), Observed::Unread, Next::only(Step::Release)),
         ];
         for (name, desired, memory, observed, expected) in table {
             assert_eq!(decide(&desired, &memory, &observed), expected, "{name}");
@@ -493,25 +600,96 @@ mod tests {
     }
 
     #[test]
+    fn only_a_deletion_that_leaves_the_remote_alone_decides_without_looking_at_it() {
+        let deleting = |policy| Goal {
+            deleting: true,
+            deletion_policy: policy,
+            ..want("A")
+        };
+        let intent_only = State {
+            intent: Some(crate::controller::state::Intent {
+                fingerprint: "A".into(),
+                at: Timestamp::UNIX_EPOCH,
+            }),
+            ..State::default()
+        };
+        assert!(must_observe(&want("A"), &State::default()));
+        assert!(must_observe(
+            &deleting(DeletionPolicy::Delete),
+            &made_for("A")
+        ));
+        assert!(must_observe(
+            &deleting(DeletionPolicy::Delete),
+            &intent_only
+        ));
+        assert!(!must_observe(
+            &deleting(DeletionPolicy::Delete),
+            &State::default()
+        ));
+        assert!(!must_observe(
+            &deleting(DeletionPolicy::Orphan),
+            &made_for("A")
+        ));
+    }
+
+    #[test]
+    fn a_finished_deployment_whose_details_are_missing_is_read_again_soon() {
+        // A listing says it finished; the times come with the next GET.
+        let listed = |status| {
+            let Observed::Found(mut d) = details("d1", status) else {
+                unreachable!()
+            };
+            d.completed_at = None;
+            d.cancelled_at = None;
+            Observed::Found(d)
+        };
+        let soon = wait(DETAILS_RECHECK);
+        assert_eq!(
+            decide(&want("A"), &made_for("A"), &listed(Remote::Success)),
+            soon
+        );
+        assert_eq!(
+            decide(&want("A"), &made_for("A"), &listed(Remote::Failed)),
+            soon
+        );
+        assert_eq!(
+            decide(&want("A"), &made_for("A"), &details("d1", Remote::Success)),
+            EXISTENCE
+        );
+        let cancel = Goal {
+            cancel: true,
+            ..want("A")
+        };
+        assert_eq!(
+            decide(&cancel, &made_for("A"), &listed(Remote::Cancelled)),
+            soon
+        );
+        assert_eq!(
+            decide(&cancel, &made_for("A"), &details("d1", Remote::Cancelled)),
+            HOLD
+        );
+    }
+
+    #[test]
     fn health_follows_kstatus_for_every_state() {
         use Remote::*;
-        let cancel = Desired {
+        let cancel = Goal {
             cancel: true,
             ..want("A")
         };
         #[rustfmt::skip]
-        let table: Vec<(&str, Desired, Memory, Observed, &str, &str)> = vec![
-            ("new", want("A"), Memory::default(), Observed::Untracked, "Reconciling", "Creating"),
+        let table: Vec<(&str, Goal, State, Observed, &str, &str)> = vec![
+            ("new", want("A"), State::default(), Observed::Untracked, "Reconciling", "Creating"),
             ("queued", want("A"), made_for("A"), details("d1", Queued), "Reconciling", "Queued"),
             ("building", want("A"), made_for("A"), details("d1", Building), "Reconciling", "Building"),
             ("deploying", want("A"), made_for("A"), details("d1", Deploying), "Reconciling", "Deploying"),
             ("success", want("A"), made_for("A"), details("d1", Success), "Ready", "Succeeded"),
             ("failed", want("A"), made_for("A"), details("d1", Failed), "Stalled", "DeploymentFailed"),
             ("honoured cancel", cancel.clone(), made_for("A"), details("d1", Cancelled), "Ready", "Cancelled"),
-            ("held off by cancel", cancel.clone(), Memory::default(), Observed::Untracked, "Ready", "Cancelled"),
+            ("held off by cancel", cancel.clone(), State::default(), Observed::Untracked, "Ready", "Cancelled"),
             ("external cancel", want("A"), made_for("A"), details("d1", Cancelled), "Stalled", "CancelledExternally"),
             ("external delete", want("A"), made_for("A"), Observed::Missing { id: "d1".into() }, "Stalled", "RemoteDeleted"),
-            ("deleting", Desired { deleting: true, ..want("A") }, made_for("A"), details("d1", Success), "Reconciling", "Deleting"),
+            ("deleting", Goal { deleting: true, ..want("A") }, made_for("A"), details("d1", Success), "Reconciling", "Deleting"),
         ];
         for (name, desired, memory, observed, true_type, reason) in table {
             let h = health(&desired, &memory, &observed);

@@ -1,5 +1,7 @@
-//! Batched observation: the in-flight deployments of one token are observed through the list
-//! endpoint, one call covering up to 100 of them, instead of one GET per object per tick.
+//! Observation: the tracked deployment as it is now.
+//!
+//! In-flight deployments of one token are observed through the list endpoint, one call
+//! covering up to 100 of them, instead of one GET per object per tick.
 //!
 //! Every reconcile of an in-flight deployment asks for its status no older than some age;
 //! the first to find the token's view too old refreshes it for everyone (single flight), the
@@ -12,9 +14,109 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
+use super::decision::{self, Observed};
+use super::round::Round;
 use crate::api::{
-    ApiError, ApiToken, DeploymentStatus, DeploymentSummary, DeploymentsApi, ListQuery,
+    ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentSummary, DeploymentsApi,
+    ListQuery,
 };
+
+/// How long the details of a finished deployment (completion time, build duration) may wait
+/// for other deployments of the same token still in flight.
+const DETAILS_DEFERRAL: Duration = Duration::from_secs(30);
+
+impl<A: DeploymentsApi> Round<'_, A> {
+    /// The tracked deployment as it is now. An in-flight one whose details are already mirrored
+    /// is observed through the token's shared listing (one call covers up to 100 objects). When
+    /// the listing says it finished, that is mirrored at once (the object is Ready without
+    /// waiting for budget), and the details only a GET gives (completion time, build duration)
+    /// follow at observation priority: see `decision::details_pending`.
+    pub async fn observe(&self, token: &ApiToken) -> Result<Observed, ApiError> {
+        let coordination = &self.ctx.coordination;
+        if let Some(mirrored) = self.mirrored() {
+            // Creates first: what is mirrored stands until they are done. Then the listing that
+            // makes the other objects Ready, before the details of finished ones.
+            let defer_details = decision::details_pending(&mirrored)
+                && coordination.observer.in_flight(token)
+                && self.finished_for() < DETAILS_DEFERRAL;
+            if coordination.creates_pending(token) || defer_details {
+                return Ok(Observed::Found(Box::new(mirrored)));
+            }
+        }
+        if let Some(mirrored) = self.mirrored().filter(|m| !m.status.is_terminal()) {
+            let max_age = decision::poll_interval(mirrored.status)
+                .map_or(self.ctx.config.observe_max_age, |every| {
+                    every.min(self.ctx.config.observe_max_age)
+                });
+            let seen = coordination
+                .observer
+                .status(
+                    &self.ctx.api,
+                    token,
+                    &mirrored.id,
+                    mirrored.created_at,
+                    max_age,
+                )
+                .await?;
+            if let Some(Seen::Status(status)) = seen {
+                return Ok(Observed::Found(Box::new(DeploymentDetails {
+                    status,
+                    ..mirrored
+                })));
+            }
+        }
+        self.read(token).await
+    }
+
+    /// The tracked deployment, read with a GET.
+    pub async fn read(&self, token: &ApiToken) -> Result<Observed, ApiError> {
+        let Some(id) = self.state.id.clone() else {
+            return Ok(Observed::Untracked);
+        };
+        match self.ctx.api.get(token, &id).await {
+            Ok(d) => Ok(Observed::Found(Box::new(d))),
+            Err(e) if e.is_not_found() => Ok(Observed::Missing { id }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How long ago the object's conditions last changed (when it turned Ready or Stalled).
+    fn finished_for(&self) -> Duration {
+        let since = self
+            .obj
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.last_transition_time.0);
+        since.map_or(Duration::ZERO, |t| {
+            Timestamp::now().duration_since(t).unsigned_abs()
+        })
+    }
+
+    /// What `.status` already mirrors of the tracked deployment.
+    fn mirrored(&self) -> Option<DeploymentDetails> {
+        let id = self.state.id.as_deref()?;
+        let s = self.obj.status.as_ref()?;
+        if s.deployment_id.as_deref() != Some(id) {
+            return None;
+        }
+        let status: DeploymentStatus = s.status.as_deref()?.parse().ok()?;
+        Some(DeploymentDetails {
+            id: id.to_string(),
+            status,
+            project_id: self.obj.spec.project_id.clone(),
+            branch: self.obj.spec.branch.clone(),
+            commit_sha: s.commit_sha.clone()?,
+            build_duration: s.build_duration.clone(),
+            deploy_url: s.url.clone()?,
+            logs_url: s.logs_url.clone().unwrap_or_default(),
+            created_at: s.created_at.as_ref()?.0,
+            completed_at: s.completed_at.as_ref().map(|t| t.0),
+            cancelled_by: s.cancelled_by.clone(),
+            cancelled_at: s.cancelled_at.as_ref().map(|t| t.0),
+        })
+    }
+}
 
 /// What the last listing said of one deployment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +126,7 @@ pub enum Seen {
     Absent,
 }
 
+/// The token's shared view of its in-flight deployments.
 #[derive(Default)]
 pub struct Observer {
     tokens: Mutex<HashMap<ApiToken, Arc<TokenView>>>,
@@ -119,23 +222,28 @@ impl Observer {
     /// Whether deployments of `token` are still being waited on: reading details of finished
     /// ones can wait until the listing that tells the others they finished has run.
     pub fn in_flight(&self, token: &ApiToken) -> bool {
-        let tv = self.view(token);
-        !tv.view
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .wanted
-            .is_empty()
+        let tokens = lock(&self.tokens);
+        tokens
+            .get(token)
+            .is_some_and(|tv| !lock(&tv.view).wanted.is_empty())
     }
 
-    /// Stop tracking `id` (its object no longer waits on it).
-    pub fn forget(&self, token: &ApiToken, id: &str) {
-        let tv = self.view(token);
-        tv.view
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .wanted
-            .remove(id);
+    /// Nobody waits on these deployments any more (their object went away). A token nobody
+    /// waits on is dropped; a reconcile still holding its view finishes with it undisturbed.
+    pub fn forget(&self, ids: &[String]) {
+        let mut tokens = lock(&self.tokens);
+        for tv in tokens.values() {
+            let mut v = lock(&tv.view);
+            for id in ids {
+                v.wanted.remove(id);
+            }
+        }
+        tokens.retain(|_, tv| !lock(&tv.view).wanted.is_empty());
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Lists newest first until the page reaches back before `oldest` (or the list ends).

@@ -4,13 +4,9 @@
 //! It lives in one annotation, `git.dev/state`, as JSON, written with the object's
 //! `resourceVersion` as a precondition so that a concurrent writer is noticed, never overwritten.
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
-use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use super::decision::Memory;
 use crate::resource::{ANNOTATION_DEPLOYMENT_ID, GitDeployment};
 
 /// The operator's own annotation. Users never need to write it.
@@ -92,12 +88,15 @@ impl State {
         serde_json::to_string(self).expect("state always serializes")
     }
 
-    pub fn memory(&self) -> Memory {
-        Memory {
-            fingerprint: self.fingerprint.clone(),
-            cancel_requested: self.cancel_requested,
-            history: self.history.clone(),
+    /// Every remote deployment the object knows of: the current one, then history, once each.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for id in self.id.iter().chain(&self.history) {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
         }
+        ids
     }
 
     /// The current deployment becomes history and `id` the current one.
@@ -112,30 +111,6 @@ impl State {
         self.cancel_requested = false;
         self.intent = None;
     }
-}
-
-/// What makes one deployment different from another: a new fingerprint means a new remote
-/// deployment is due. Deletion policy, history limit and the credentials reference are left
-/// out on purpose: changing them never redeploys.
-#[derive(Debug, Serialize)]
-pub struct DeploymentInputs<'a> {
-    pub project_id: &'a str,
-    pub branch: &'a str,
-    pub commit_sha: Option<&'a str>,
-    /// Resolved values: `envFrom` Secrets merged with `envVars`.
-    pub env: &'a BTreeMap<String, String>,
-    pub redeploy: Option<&'a str>,
-}
-
-/// A keyed hash (HMAC-SHA256) of the inputs, so that the fingerprint stored on the object
-/// reveals nothing of secret environment values to someone who can read the object.
-pub fn fingerprint(key: &[u8], inputs: &DeploymentInputs<'_>) -> String {
-    let canonical = serde_json::to_vec(inputs).expect("inputs always serialize");
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), &canonical);
-    tag.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[cfg(test)]
@@ -157,19 +132,6 @@ mod tests {
         );
         o.status = status;
         o
-    }
-
-    fn inputs<'a>(
-        env: &'a BTreeMap<String, String>,
-        redeploy: Option<&'a str>,
-    ) -> DeploymentInputs<'a> {
-        DeploymentInputs {
-            project_id: "proj_8f3k29",
-            branch: "main",
-            commit_sha: None,
-            env,
-            redeploy,
-        }
     }
 
     #[test]
@@ -224,41 +186,5 @@ mod tests {
         assert_eq!(s.id.as_deref(), Some("dep_3"));
         assert_eq!(s.history, vec!["dep_2".to_string(), "dep_1".to_string()]);
         assert!(!s.cancel_requested && s.intent.is_none());
-    }
-
-    #[test]
-    fn the_fingerprint_changes_with_env_values_and_redeploy_but_not_with_the_key_order() {
-        let env1: BTreeMap<_, _> = [
-            ("A".to_string(), "1".to_string()),
-            ("B".to_string(), "2".to_string()),
-        ]
-        .into();
-        let env2: BTreeMap<_, _> = [
-            ("B".to_string(), "2".to_string()),
-            ("A".to_string(), "1".to_string()),
-        ]
-        .into();
-        let env3: BTreeMap<_, _> = [
-            ("A".to_string(), "1".to_string()),
-            ("B".to_string(), "3".to_string()),
-        ]
-        .into();
-        let f = |env, redeploy| fingerprint(b"key", &inputs(env, redeploy));
-        assert_eq!(f(&env1, None), f(&env2, None));
-        assert_ne!(f(&env1, None), f(&env3, None));
-        assert_ne!(f(&env1, None), f(&env1, Some("1")));
-        assert_ne!(
-            fingerprint(b"key", &inputs(&env1, None)),
-            fingerprint(b"other", &inputs(&env1, None))
-        );
-        assert_eq!(f(&env1, None).len(), 32);
-    }
-
-    #[test]
-    fn the_fingerprint_does_not_contain_secret_values() {
-        let env: BTreeMap<_, _> = [("PASSWORD".to_string(), "hunter2".to_string())].into();
-        let fp = fingerprint(b"key", &inputs(&env, None));
-        assert!(!fp.contains("hunter2"));
-        assert!(fp.chars().all(|c| c.is_ascii_hexdigit()));
     }
 }

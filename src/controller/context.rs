@@ -1,0 +1,312 @@
+//! What every reconcile shares: its dependencies, the configuration fixed at start from the
+//! flags, and the coordination state between concurrent reconciles (per-object backoff,
+//! per-token create gates, deployments claimed in flight, batched observation). Coordination
+//! state is pruned when an object goes away, so that it stays as large as the live workload.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+
+use super::observe::Observer;
+use super::state::State;
+use crate::api::{ApiToken, DeploymentsApi};
+use crate::metrics::Metrics;
+use crate::resource::{DEFAULT_CREDENTIALS_SECRET, GitDeployment};
+
+/// Settings of the reconciler, fixed at start (from the operator's flags).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Key of the spec fingerprints (`--fingerprint-key`); without one, each object's UID.
+    pub fingerprint_key: Option<Vec<u8>>,
+    /// Token Secret of objects that name none (`--default-credentials-secret`).
+    pub default_credentials: String,
+    /// How often a finished deployment is checked for existence (`--recheck-finished-seconds`).
+    pub existence_check: Duration,
+    /// How long a deletion waits for credentials before orphaning remote deployments.
+    pub cleanup_grace: Duration,
+    /// How old a listing may be and still answer for an in-flight deployment.
+    pub observe_max_age: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            fingerprint_key: None,
+            default_credentials: DEFAULT_CREDENTIALS_SECRET.to_string(),
+            existence_check: Duration::from_secs(600),
+            cleanup_grace: Duration::from_secs(300),
+            observe_max_age: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Shared by every reconciliation.
+pub struct Context<A: DeploymentsApi> {
+    pub client: Client,
+    pub api: A,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub config: Config,
+    /// Every object, to know which remote deployments other objects already claim (`None`
+    /// where no watch runs: the reconciler's unit tests).
+    store: Option<Store<GitDeployment>>,
+    pub(super) coordination: Coordination,
+}
+
+impl<A: DeploymentsApi> Context<A> {
+    pub fn new(
+        client: Client,
+        api: A,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        config: Config,
+        store: Option<Store<GitDeployment>>,
+    ) -> Self {
+        Context {
+            client,
+            api,
+            recorder,
+            metrics,
+            config,
+            store,
+            coordination: Coordination::default(),
+        }
+    }
+
+    /// Remote ids that objects other than `me` own (current or history), including those
+    /// created in this process and not yet visible in the store.
+    pub(super) fn claimed_ids(&self, me: &GitDeployment) -> HashSet<String> {
+        let my_uid = me.metadata.uid.as_deref().unwrap_or_default();
+        let mut claimed = self.coordination.created_by_others(my_uid);
+        if let Some(store) = &self.store {
+            claimed.extend(
+                store
+                    .state()
+                    .iter()
+                    .filter(|o| o.metadata.uid != me.metadata.uid)
+                    .flat_map(|o| {
+                        let s = State::of(o);
+                        s.id.into_iter().chain(s.history)
+                    }),
+            );
+        }
+        claimed
+    }
+}
+
+/// Identifies an object across reconciles: namespace and name.
+pub type ObjectKey = (String, String);
+
+/// One gate per token and branch: see `Coordination::create_gate`.
+type Gates = Mutex<HashMap<(ApiToken, String), Arc<tokio::sync::Mutex<()>>>>;
+
+/// How long a deployment created here stays claimed in memory: by then the store has long
+/// shown every object's own record of its deployments.
+const CLAIM_MEMORY: Duration = Duration::from_secs(600);
+
+/// Coordination between concurrent reconciles of one process.
+#[derive(Default)]
+pub struct Coordination {
+    failures: Mutex<HashMap<ObjectKey, u32>>,
+    /// Creates under way or about to be, per token: observation yields to them.
+    creates_pending: Mutex<HashMap<ApiToken, usize>>,
+    create_gates: Gates,
+    /// Deployments this process created, by id, with the creating object's uid and when:
+    /// claimed before the object's own record of them reaches the store.
+    created_here: Mutex<HashMap<String, (String, Instant)>>,
+    /// Shared, batched observation of in-flight deployments, per token.
+    pub observer: Observer,
+}
+
+/// A poisoned lock only means another reconcile panicked while holding it; the maps it guards
+/// stay consistent (every update is a single insert or remove), so carry on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Coordination {
+    /// Per-object exponential backoff for transient errors: 1 s, 2 s, 4 s … 5 min, plus up to
+    /// a quarter of jitter.
+    pub fn next_backoff(&self, key: ObjectKey) -> Duration {
+        let mut failures = lock(&self.failures);
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        let exponent = n.saturating_sub(1).min(9);
+        let base = Duration::from_secs(1u64 << exponent).min(Duration::from_secs(300));
+        let spread = u64::try_from(base.as_millis() / 4).unwrap_or(0);
+        base + Duration::from_millis(rand::random_range(0..=spread))
+    }
+
+    pub fn forget_failures(&self, key: &ObjectKey) {
+        lock(&self.failures).remove(key);
+    }
+
+    /// The object is gone (its finalizer released): drop everything kept on its account.
+    pub fn forget_object(&self, key: &ObjectKey, uid: &str, ids: &[String]) {
+        self.forget_failures(key);
+        lock(&self.created_here).retain(|_, (by, _)| by != uid);
+        self.observer.forget(ids);
+    }
+
+    /// Held around each create request of one token and branch (and its in-process claim),
+    /// and around looking for a lost create: creates of one token and branch never run
+    /// concurrently, and a search never runs while another object's fresh deployment exists
+    /// remotely unclaimed. The Kubernetes writes around a create stay outside, so creates of
+    /// many objects still overlap in everything but the request itself.
+    pub async fn create_gate(&self, token: &ApiToken, branch: &str) -> CreateGate<'_> {
+        let key = (token.clone(), branch.to_string());
+        let gate = lock(&self.create_gates)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let held = gate.clone().lock_owned().await;
+        CreateGate {
+            gates: &self.create_gates,
+            key,
+            gate,
+            _held: held,
+        }
+    }
+
+    /// Claims `id` for the object `uid` the moment its create was answered.
+    pub fn note_created(&self, id: &str, uid: &str) {
+        let mut created = lock(&self.created_here);
+        created.retain(|_, (_, at)| at.elapsed() < CLAIM_MEMORY);
+        created.insert(id.to_string(), (uid.to_string(), Instant::now()));
+    }
+
+    fn created_by_others(&self, my_uid: &str) -> HashSet<String> {
+        lock(&self.created_here)
+            .iter()
+            .filter(|(_, (uid, _))| uid != my_uid)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Counts a create as pending for `token` until the guard is dropped.
+    pub fn create_pending(&self, token: &ApiToken) -> PendingCreate<'_> {
+        let key = token.clone();
+        let mut counts = lock(&self.creates_pending);
+        let n = counts.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        PendingCreate {
+            counts: &self.creates_pending,
+            key,
+        }
+    }
+
+    /// Whether creates are waiting for `token`'s budget: the priority queue of the client only
+    /// orders calls already waiting, and between two creates an observation would take the
+    /// next token. Observation of what is already mirrored waits for the creates instead.
+    pub fn creates_pending(&self, token: &ApiToken) -> bool {
+        lock(&self.creates_pending)
+            .get(token)
+            .is_some_and(|n| *n > 0)
+    }
+}
+
+/// The create gate of one token and branch, held; the gate is dropped from the map when its
+/// last holder lets go, so that the map holds only gates in use.
+pub struct CreateGate<'a> {
+    gates: &'a Gates,
+    key: (ApiToken, String),
+    gate: Arc<tokio::sync::Mutex<()>>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for CreateGate<'_> {
+    fn drop(&mut self) {
+        let mut gates = lock(self.gates);
+        // Clones are only taken under this lock: the map's, ours and our guard's are all
+        // that remain when nobody else holds or waits for the gate.
+        if Arc::strong_count(&self.gate) <= 3 {
+            gates.remove(&self.key);
+        }
+    }
+}
+
+pub struct PendingCreate<'a> {
+    counts: &'a Mutex<HashMap<ApiToken, usize>>,
+    key: ApiToken,
+}
+
+impl Drop for PendingCreate<'_> {
+    fn drop(&mut self) {
+        let mut counts = lock(self.counts);
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_create_gate_is_dropped_from_the_map_when_its_last_holder_lets_go() {
+        let c = Coordination::default();
+        let token = ApiToken::new("sk_test_write");
+        {
+            let _held = c.create_gate(&token, "main").await;
+            assert_eq!(lock(&c.create_gates).len(), 1);
+        }
+        assert!(lock(&c.create_gates).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_create_gate_waited_for_stays_until_the_waiter_is_done() {
+        let c = Arc::new(Coordination::default());
+        let token = ApiToken::new("sk_test_write");
+        let first = c.create_gate(&token, "main").await;
+        let waiter = {
+            let (c, token) = (c.clone(), token.clone());
+            tokio::spawn(async move {
+                let _held = c.create_gate(&token, "main").await;
+                lock(&c.create_gates).len()
+            })
+        };
+        // Let the waiter take its clone of the gate before the first holder lets go.
+        while Arc::strong_count(&first.gate) < 4 {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        assert_eq!(waiter.await.unwrap(), 1, "the waiter still finds its gate");
+        assert!(lock(&c.create_gates).is_empty());
+    }
+
+    #[test]
+    fn pending_creates_are_counted_per_token_and_forgotten_at_zero() {
+        let c = Coordination::default();
+        let token = ApiToken::new("sk_test_write");
+        let one = c.create_pending(&token);
+        let two = c.create_pending(&token);
+        drop(one);
+        assert!(c.creates_pending(&token));
+        drop(two);
+        assert!(!c.creates_pending(&token));
+        assert!(lock(&c.creates_pending).is_empty());
+    }
+
+    #[test]
+    fn forgetting_an_object_drops_its_backoff_and_its_claims() {
+        let c = Coordination::default();
+        let key = ("ns".to_string(), "web".to_string());
+        c.next_backoff(key.clone());
+        c.note_created("dep_1", "uid-1");
+        c.note_created("dep_2", "uid-2");
+        c.forget_object(&key, "uid-1", &["dep_1".to_string()]);
+        assert!(lock(&c.failures).is_empty());
+        assert_eq!(
+            c.created_by_others("uid-3"),
+            HashSet::from(["dep_2".to_string()])
+        );
+    }
+}

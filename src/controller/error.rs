@@ -1,0 +1,68 @@
+//! The errors of one reconciliation, by the step that failed.
+
+use std::time::Duration;
+
+use crate::api::ApiError;
+
+/// Errors of one reconciliation, by the step that failed. Problems a human must fix (a
+/// missing Secret, a 401) are not errors: they become conditions and events.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object has no namespace")]
+    MissingNamespace,
+    #[error("reading Secrets in namespace {namespace}: {source}")]
+    ReadSecrets {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("recording state annotation on {namespace}/{name}: {source}")]
+    WriteState {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status of {namespace}/{name}: {source}")]
+    WriteStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Deployments API, trying to {action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: ApiError,
+    },
+    /// Cleanup cannot finish yet (blocked credentials, rate limit): keep the finalizer, retry.
+    #[error(
+        "deletion of {namespace}/{name} waits to clean up remote deployments; retrying in {retry_after:?}"
+    )]
+    CleanupPending {
+        namespace: String,
+        name: String,
+        retry_after: Duration,
+    },
+    #[error("finalizer {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Stable label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace => "invalid_object",
+            Error::ReadSecrets { .. } => "kubernetes_read",
+            Error::WriteState { .. } | Error::WriteStatus { .. } => "kubernetes_write",
+            Error::Api { source, .. } => source.category(),
+            Error::CleanupPending { .. } => "cleanup_pending",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                _ => "finalizer",
+            },
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Recovery of a lost create: a create was recorded as intended (`git.dev/state` intent) but
+//! its answer never reached the object (a crash, a timeout, an unknown outcome). Before
+//! anything else happens, the deployment it may have made is found and adopted, or proven
+//! never made: never a second deployment for one intent.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use super::Error;
+use super::decision::Health;
+use super::desired::Target;
+use super::observe::list_newest_back_to;
+use super::round::Round;
+use super::state::Intent;
+use crate::api::{ApiError, ApiToken, DeploymentsApi};
+use crate::resource::ANNOTATION_DEPLOYMENT_ID;
+
+/// How far before the recorded intent a deployment's `created_at` may be and still be ours:
+/// the intent is stamped by the operator's clock, `created_at` by the API's.
+const CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+/// Outcome of settling a create whose answer was lost.
+pub(super) enum Settled {
+    /// Adopted, or provably never made: go on.
+    Done,
+    /// Several deployments could be it: a human chooses.
+    Uncertain(Health),
+    Api(ApiError),
+}
+
+enum Found {
+    None,
+    One(String),
+    Several(Vec<String>),
+}
+
+impl<A: DeploymentsApi> Round<'_, A> {
+    /// Settles a create whose answer never reached the object: a human's choice (the
+    /// `git.dev/deployment-id` annotation naming a deployment this object does not know yet),
+    /// else the one deployment it can only be, else provably none.
+    pub async fn settle_intent(&mut self, token: &ApiToken) -> Result<Settled, Error> {
+        let Some(intent) = self.state.intent.clone() else {
+            return Ok(Settled::Done);
+        };
+        let chosen = self
+            .obj
+            .annotations()
+            .get(ANNOTATION_DEPLOYMENT_ID)
+            .map(|id| id.trim().to_string())
+            .filter(|id| {
+                !id.is_empty()
+                    && self.state.id.as_ref() != Some(id)
+                    && !self.state.history.contains(id)
+            });
+        if let Some(id) = chosen {
+            let why =
+                format!("adopted deployment {id} named by annotation {ANNOTATION_DEPLOYMENT_ID}");
+            self.adopt(&id, &intent.fingerprint, &why).await?;
+            return Ok(Settled::Done);
+        }
+        // Not while a create of the same token and branch is in flight: its deployment could
+        // exist remotely and be claimed by no one yet.
+        let target = Target::of(&self.obj.spec);
+        let found = {
+            let _alone = self
+                .ctx
+                .coordination
+                .create_gate(token, &target.branch)
+                .await;
+            self.find_created(token, &target, &intent).await
+        };
+        match found {
+            Ok(Found::One(id)) => {
+                let why = format!(
+                    "found deployment {id} whose create answer was lost; adopted it instead of creating another"
+                );
+                self.adopt(&id, &intent.fingerprint, &why).await?;
+                Ok(Settled::Done)
+            }
+            Ok(Found::None) => {
+                self.state.intent = None;
+                self.save_state().await?;
+                Ok(Settled::Done)
+            }
+            Ok(Found::Several(ids)) => Ok(Settled::Uncertain(Health::stalled(
+                "CreationUncertain",
+                format!(
+                    "a create's answer was lost and several deployments could be it ({}): set annotation {ANNOTATION_DEPLOYMENT_ID} to the one to keep and delete the others remotely",
+                    ids.join(", ")
+                ),
+            ))),
+            Err(err) => Ok(Settled::Api(err)),
+        }
+    }
+
+    /// Looks for the deployment a lost create may have made: newest first, created after the
+    /// intent, of the target, claimed by no other object.
+    async fn find_created(
+        &self,
+        token: &ApiToken,
+        target: &Target,
+        intent: &Intent,
+    ) -> Result<Found, ApiError> {
+        let since = intent.at - CLOCK_SKEW;
+        let claimed = self.ctx.claimed_ids(&self.obj);
+        // The current and earlier deployments of this object are known not to be it (the
+        // current one is being superseded when a create is in flight).
+        let ours =
+            |id: &String| self.state.id.as_ref() == Some(id) || self.state.history.contains(id);
+        let candidates: Vec<String> = list_newest_back_to(&self.ctx.api, token, since)
+            .await?
+            .into_iter()
+            .filter(|d| d.created_at >= since && target.could_be_listed(d))
+            .map(|d| d.id)
+            .filter(|id| !claimed.contains(id) && !ours(id))
+            .collect();
+        let mut matching = Vec::new();
+        for id in candidates {
+            let d = self.ctx.api.get(token, &id).await?;
+            if target.could_be(&d) {
+                matching.push(id);
+            }
+        }
+        Ok(match matching.len() {
+            0 => Found::None,
+            1 => Found::One(matching.remove(0)),
+            _ => Found::Several(matching),
+        })
+    }
+}

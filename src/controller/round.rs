@@ -1,0 +1,299 @@
+//! One reconcile of one object: what it read once (the object, its state), and every write it
+//! makes to Kubernetes: the state annotation, the status, events. The other steps act through
+//! it, so that each write carries the resourceVersion of the one before.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::decision::{self, Health, Observed, Recovery};
+use super::secrets::{self, SecretProblem};
+use super::state::{self, State};
+use super::status::{build_status, ready_reason};
+use super::{Context, Error};
+use crate::api::{ApiError, ApiToken, DeploymentsApi};
+use crate::resource::GitDeployment;
+
+/// Field manager of every write the operator makes.
+pub const MANAGER: &str = "gitdev-operator";
+
+/// Everything one reconcile of an object needs, read once.
+pub(super) struct Round<'a, A: DeploymentsApi> {
+    pub ctx: &'a Context<A>,
+    pub obj: GitDeployment,
+    pub namespace: String,
+    api: Api<GitDeployment>,
+    pub state: State,
+}
+
+impl<'a, A: DeploymentsApi> Round<'a, A> {
+    pub fn new(obj: &GitDeployment, ctx: &'a Context<A>) -> Result<Self, Error> {
+        let namespace = obj.namespace().ok_or(Error::MissingNamespace)?;
+        Ok(Round {
+            ctx,
+            api: Api::namespaced(ctx.client.clone(), &namespace),
+            namespace,
+            state: State::of(obj),
+            obj: obj.clone(),
+        })
+    }
+
+    pub fn name(&self) -> String {
+        self.obj.name_any()
+    }
+
+    /// Every Secret the object refers to, by name.
+    pub async fn read_secrets(&self) -> Result<BTreeMap<String, Secret>, Error> {
+        let api = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        secrets::read_all(&api, &self.obj.spec, &self.ctx.config.default_credentials)
+            .await
+            .map_err(|source| Error::ReadSecrets {
+                namespace: self.namespace.clone(),
+                source,
+            })
+    }
+
+    /// The API token, or the Secret problem that keeps the object from having one.
+    pub fn token(&self, secrets: &BTreeMap<String, Secret>) -> Result<ApiToken, SecretProblem> {
+        let creds = self
+            .obj
+            .spec
+            .credentials_or(&self.ctx.config.default_credentials);
+        secrets::token_from(secrets.get(&creds.name), &creds)
+    }
+
+    /// The key of the spec fingerprints: the operator's, else the object's UID (still no
+    /// secret value on the object in clear, but a guessable value could be checked by a reader
+    /// of it).
+    pub fn fingerprint_key(&self) -> &[u8] {
+        match &self.ctx.config.fingerprint_key {
+            Some(key) => key,
+            None => self
+                .obj
+                .metadata
+                .uid
+                .as_deref()
+                .unwrap_or_default()
+                .as_bytes(),
+        }
+    }
+
+    /// Takes `id` as the object's deployment, made for the spec of `fingerprint`: a deployment
+    /// named by the adoption annotation, found after a lost create answer, or tracked already
+    /// but of unknown spec.
+    pub async fn adopt(&mut self, id: &str, fingerprint: &str, why: &str) -> Result<(), Error> {
+        if self.state.id.as_deref() == Some(id) {
+            self.state.fingerprint = Some(fingerprint.to_string());
+        } else {
+            self.state
+                .replace_current(id.to_string(), fingerprint.to_string());
+        }
+        self.save_state().await?;
+        self.event(EventType::Normal, "Adopted", why).await;
+        Ok(())
+    }
+
+    /// Writes `git.dev/state` when it changed, with the object's resourceVersion as a
+    /// precondition: a concurrent change makes this fail rather than be overwritten.
+    pub async fn save_state(&mut self) -> Result<(), Error> {
+        if self.state.is_recorded_on(&self.obj) {
+            return Ok(());
+        }
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": self.obj.resource_version(),
+                "annotations": { state::ANNOTATION_STATE: self.state.to_annotation() }
+            }
+        });
+        let updated = self
+            .api
+            .patch(&self.name(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::WriteState {
+                namespace: self.namespace.clone(),
+                name: self.name(),
+                source,
+            })?;
+        self.ctx.metrics.kubernetes_write("state");
+        self.obj = updated;
+        Ok(())
+    }
+
+    /// A Secret problem: tell the user, then wait for the Secret or the spec to change.
+    pub async fn blocked(&mut self, problem: SecretProblem) -> Result<Requeue, Error> {
+        let health = problem.health(&self.namespace);
+        self.finish(&Observed::Unread, health, Requeue::await_change())
+            .await
+    }
+
+    /// An API call of a live object failed while trying to `action`: a condition, and the
+    /// retry `decision::recovery` chose.
+    pub async fn api_failed(&mut self, err: ApiError, action: &str) -> Result<Requeue, Error> {
+        self.ctx.metrics.api_failure(err.category());
+        let unread = &Observed::Unread;
+        match decision::recovery(&err, action) {
+            Recovery::Stall(health) => self.finish(unread, health, Requeue::await_change()).await,
+            Recovery::RetryAfter(health, after) => {
+                self.finish(unread, health, Requeue::requeue(after)).await
+            }
+            Recovery::Reconcile(health) => {
+                self.finish(unread, health, Requeue::requeue(Duration::from_secs(1)))
+                    .await
+            }
+            Recovery::Backoff(health) => {
+                self.finish(unread, health, Requeue::await_change()).await?;
+                Err(Error::Api {
+                    action: action.to_string(),
+                    source: err,
+                })
+            }
+        }
+    }
+
+    /// Cleanup cannot go on: keep the finalizer and say why, until the grace period is over;
+    /// then orphan what is left, with a Warning naming it, so that deletion can complete.
+    pub async fn cleanup_blocked(&mut self, health: Health) -> Result<Requeue, Error> {
+        let grace = self.ctx.config.cleanup_grace;
+        let deleting_for = self
+            .obj
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| Timestamp::now().duration_since(t.0).unsigned_abs())
+            .unwrap_or_default();
+        if deleting_for >= grace {
+            let ids = self.state.ids();
+            self.event(
+                EventType::Warning,
+                "CleanupAbandoned",
+                &format!(
+                    "could not delete remote deployments {} for {}s ({}): orphaned them so that deletion can complete; delete them in the git.dev dashboard",
+                    ids.join(", "),
+                    grace.as_secs(),
+                    health.message()
+                ),
+            )
+            .await;
+            return Ok(Requeue::await_change());
+        }
+        let message = format!(
+            "deletion is waiting to delete remote deployments: {}; the remote deployments are orphaned after {}s",
+            health.message(),
+            grace.as_secs()
+        );
+        let blocked = Health::stalled("CleanupBlocked", message);
+        self.finish(&Observed::Unread, blocked, Requeue::await_change())
+            .await?;
+        // Not Ok: the finalizer helper removes the finalizer on any Ok from cleanup.
+        Err(self.cleanup_pending(Duration::from_secs(10).min(grace)))
+    }
+
+    /// An API call of the cleanup failed.
+    pub async fn cleanup_failed(&mut self, err: ApiError) -> Result<Requeue, Error> {
+        self.ctx.metrics.api_failure(err.category());
+        match decision::recovery(&err, "delete remote deployments") {
+            Recovery::Stall(health) => self.cleanup_blocked(health).await,
+            Recovery::RetryAfter(health, after) => {
+                self.finish(&Observed::Unread, health, Requeue::await_change())
+                    .await?;
+                Err(self.cleanup_pending(after))
+            }
+            Recovery::Backoff(health) | Recovery::Reconcile(health) => {
+                self.finish(&Observed::Unread, health, Requeue::await_change())
+                    .await?;
+                Err(Error::Api {
+                    action: "delete remote deployments".into(),
+                    source: err,
+                })
+            }
+        }
+    }
+
+    fn cleanup_pending(&self, retry_after: Duration) -> Error {
+        Error::CleanupPending {
+            namespace: self.namespace.clone(),
+            name: self.name(),
+            retry_after,
+        }
+    }
+
+    /// Mirrors status (only when it changed) and tells the user about a new problem once.
+    pub async fn finish(
+        &mut self,
+        observed: &Observed,
+        health: Health,
+        requeue: Requeue,
+    ) -> Result<Requeue, Error> {
+        let previous = self.obj.status.clone().unwrap_or_default();
+        let status = build_status(&self.obj, &self.state, observed, &health, Timestamp::now());
+        if ready_reason(&previous) != Some(health.reason()) {
+            self.announce(&health).await;
+        }
+        if status != previous {
+            let patch = json!({
+                "apiVersion": "git.dev/v1alpha1",
+                "kind": "Deployment",
+                "status": status,
+            });
+            // Later writes of this reconcile carry the new resourceVersion.
+            self.obj = self
+                .api
+                .patch_status(
+                    &self.name(),
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+                .map_err(|source| Error::WriteStatus {
+                    namespace: self.namespace.clone(),
+                    name: self.name(),
+                    source,
+                })?;
+            self.ctx.metrics.kubernetes_write("status");
+        }
+        Ok(requeue)
+    }
+
+    async fn announce(&self, health: &Health) {
+        match health {
+            Health::Stalled { reason, message } => {
+                self.event(EventType::Warning, reason, message).await
+            }
+            Health::Progressing { reason, message }
+                if reason == "RateLimited" || reason == "ApiUnavailable" =>
+            {
+                self.event(EventType::Warning, reason, message).await
+            }
+            Health::Ready { reason, message } if reason == "Succeeded" => {
+                self.event(EventType::Normal, "DeploymentSucceeded", message)
+                    .await
+            }
+            _ => {}
+        }
+    }
+
+    pub async fn event(&self, type_: EventType, reason: &str, note: &str) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&event, &self.obj.object_ref(&()))
+            .await
+        {
+            tracing::warn!(reason, error = %e, "publishing an event failed");
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Observation: drift behind the operator's back, and batched listings.
+
+use super::support::*;
+
+#[tokio::test]
+async fn a_deployment_deleted_behind_the_operators_back_is_reported_not_recreated() {
+    let mut h = Harness::new(tracking(spec(json!({})), "dep_1"));
+
+    let action = h
+        .reconcile(vec![
+            Expect::get_secret(CREDENTIALS),
+            Expect::event_noting("Warning", "RemoteDeleted", &["dep_1", "redeploy"]),
+            Expect::status(|s| {
+                assert_health(s, "Stalled", "RemoteDeleted");
+                assert_eq!(s.status.as_deref(), Some("deleted"));
+                assert_eq!(s.url, None, "no URL of a deployment that is gone");
+            }),
+        ])
+        .await
+        .unwrap();
+
+    assert_eq!(action, Action::await_change());
+    assert_eq!(h.api().take_calls(), ["get dep_1"]);
+}
+
+mod batched_observation {
+    use super::super::support::*;
+    use crate::controller::observe::{Observer, Seen};
+
+    fn fake() -> FakeApi {
+        FakeApi::new(Timeline::default())
+    }
+
+    #[tokio::test]
+    async fn fifty_in_flight_deployments_of_one_token_are_observed_with_one_list_call() {
+        let api = fake();
+        let ids: Vec<String> = (0..50)
+            .map(|_| api.add("main", None, Remote::Building))
+            .collect();
+        let observer = Observer::default();
+        let token = ApiToken::new("sk_test_write");
+        let now = wire_now();
+        let asks = ids
+            .iter()
+            .map(|id| observer.status(&api, &token, id, now, Duration::from_secs(5)));
+        let answers = futures::future::join_all(asks).await;
+        for a in answers {
+            assert_eq!(a.unwrap(), Some(Seen::Status(Remote::Building)));
+        }
+        assert_eq!(api.take_calls(), ["list"]);
+    }
+
+    #[tokio::test]
+    async fn a_deployment_missing_from_a_listing_that_covers_its_creation_is_absent() {
+        let api = fake();
+        api.add("main", None, Remote::Queued);
+        let observer = Observer::default();
+        let token = ApiToken::new("sk_test_write");
+        let seen = observer
+            .status(&api, &token, "dep_gone", wire_now(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(Seen::Absent));
+    }
+
+    #[tokio::test]
+    async fn the_listing_pages_back_until_the_oldest_deployment_waited_on() {
+        let api = fake();
+        let old = api.add("main", None, Remote::Deploying);
+        api.state().deployments[0].created_at = wire_now() - Duration::from_secs(3600);
+        for _ in 0..150 {
+            api.add("main", None, Remote::Success);
+        }
+        let observer = Observer::default();
+        let token = ApiToken::new("sk_test_write");
+        let created = api.state().deployments[0].created_at;
+        let seen = observer
+            .status(&api, &token, &old, created, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(Seen::Status(Remote::Deploying)));
+        assert_eq!(api.take_calls(), ["list", "list"]);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_listing_is_reused_and_a_stale_one_refreshed() {
+        let api = fake();
+        let id = api.add("main", None, Remote::Queued);
+        let observer = Observer::default();
+        let token = ApiToken::new("sk_test_write");
+        let now = wire_now();
+        for _ in 0..3 {
+            observer
+                .status(&api, &token, &id, now, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert_eq!(api.take_calls(), ["list"]);
+        observer
+            .status(&api, &token, &id, now, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(api.take_calls(), ["list"]);
+    }
+}

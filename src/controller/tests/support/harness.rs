@@ -1,0 +1,150 @@
+//! One reconcile, run against the fake Deployments API and the mocked Kubernetes API server.
+
+use super::*;
+
+pub struct Harness {
+    pub server: ApiServer,
+    pub ctx: Arc<Context<FakeApi>>,
+    pub timeline: Timeline,
+}
+
+impl Harness {
+    /// The object, with the credentials Secret in its namespace.
+    pub fn new(obj: GitDeployment) -> Self {
+        let mut h = Self::without_secrets(obj);
+        h.add_secret(CREDENTIALS, &[("token", TOKEN)]);
+        h
+    }
+
+    pub fn without_secrets(obj: GitDeployment) -> Self {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NS);
+        let timeline = Timeline::default();
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "gitdev-operator".into(),
+                instance: None,
+            },
+        );
+        let config = Config {
+            fingerprint_key: Some(FINGERPRINT_KEY.to_vec()),
+            // Tests change remote state between reconciles at once; every reconcile lists afresh.
+            observe_max_age: Duration::ZERO,
+            ..Config::default()
+        };
+        let ctx = Context::new(
+            client,
+            FakeApi::new(timeline.clone()),
+            recorder,
+            Arc::new(Metrics::new()),
+            config,
+            None,
+        );
+        Harness {
+            server: ApiServer {
+                handle,
+                cluster: Cluster {
+                    object: serde_json::to_value(&obj).unwrap(),
+                    secrets: BTreeMap::new(),
+                },
+                timeline: timeline.clone(),
+            },
+            ctx: Arc::new(ctx),
+            timeline,
+        }
+    }
+
+    pub fn add_secret(&mut self, name: &str, data: &[(&str, &str)]) {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(NS.into()),
+                resource_version: Some("7".into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        self.server
+            .cluster
+            .secrets
+            .insert(name.into(), serde_json::to_value(secret).unwrap());
+    }
+
+    pub fn api(&self) -> &FakeApi {
+        &self.ctx.api
+    }
+
+    /// The object as the API server has it now.
+    pub fn object(&self) -> GitDeployment {
+        serde_json::from_value(self.server.cluster.object.clone())
+            .expect("the stored object parses")
+    }
+
+    pub fn state(&self) -> State {
+        State::of(&self.object())
+    }
+
+    pub fn status(&self) -> GitDeploymentStatus {
+        self.object().status.unwrap_or_default()
+    }
+
+    /// A user's change of the object (new generation when the spec changes).
+    pub fn edit(&mut self, f: impl FnOnce(&mut GitDeployment)) {
+        let mut obj = self.object();
+        let before = obj.spec.clone();
+        f(&mut obj);
+        if obj.spec != before {
+            obj.metadata.generation = Some(obj.metadata.generation.unwrap_or(0) + 1);
+        }
+        self.server.cluster.object = serde_json::to_value(&obj).unwrap();
+        self.server.cluster.bump();
+    }
+
+    /// One reconcile of the stored object; its Kubernetes requests must be exactly `expected`.
+    pub async fn reconcile(&mut self, expected: Vec<Expect>) -> Result<Action, Error> {
+        let obj = Arc::new(self.object());
+        let ctx = self.ctx.clone();
+        self.server.run(Some(expected), reconcile(obj, ctx)).await
+    }
+
+    /// One reconcile, serving whatever it asks of Kubernetes.
+    pub async fn reconcile_freely(&mut self) -> Result<Action, Error> {
+        let obj = Arc::new(self.object());
+        let ctx = self.ctx.clone();
+        self.server.run(None, reconcile(obj, ctx)).await
+    }
+
+    pub fn error_policy(&self, obj: &GitDeployment, error: &Error) -> Action {
+        error_policy(Arc::new(obj.clone()), error, self.ctx.clone())
+    }
+
+    pub fn take_timeline(&self) -> Vec<String> {
+        std::mem::take(&mut self.timeline.lock().unwrap())
+    }
+
+    /// The first reconcile of `Script::LoseAnswer`: the intent is recorded, the create is
+    /// sent, its answer never arrives.
+    pub async fn reconcile_losing_the_create_answer(&mut self) {
+        self.reconcile(vec![
+            Expect::get_secret(CREDENTIALS),
+            Expect::state(|s| assert!(s.intent.is_some())),
+            Expect::status(|s| assert_health(s, "Reconciling", "CreationUnconfirmed")),
+        ])
+        .await
+        .unwrap();
+    }
+
+    /// An object tracking `dep_1`, building, whose next GET fails with `status` and `code`.
+    pub fn tracking_a_build_whose_get_fails(status: u16, code: &str) -> Self {
+        let h = Harness::new(tracking(spec(json!({})), "dep_1"));
+        h.api().add("main", None, Remote::Building);
+        h.api().fail_next(Endpoint::Get, status, code);
+        h
+    }
+}

@@ -16,7 +16,7 @@ pub fn secret_path(name: &str) -> String {
 }
 
 /// One request the reconciler sent to Kubernetes.
-pub struct Seen {
+pub struct Received {
     pub method: Method,
     pub path: String,
     pub query: BTreeMap<String, String>,
@@ -24,8 +24,8 @@ pub struct Seen {
     pub body: Value,
 }
 
-impl Seen {
-    pub async fn read(request: Request<Body>) -> Seen {
+impl Received {
+    pub async fn read(request: Request<Body>) -> Received {
         let (parts, body) = request.into_parts();
         let bytes = body.collect_bytes().await.expect("request body");
         let body = if bytes.is_empty() {
@@ -51,7 +51,7 @@ impl Seen {
                 None => (p.to_string(), String::new()),
             })
             .collect();
-        Seen {
+        Received {
             content_type: parts
                 .headers
                 .get(http::header::CONTENT_TYPE)
@@ -230,7 +230,7 @@ impl Cluster {
     }
 
     /// Answers like an API server would.
-    pub fn serve(&mut self, req: &Seen) -> Response<Body> {
+    pub fn serve(&mut self, req: &Received) -> Response<Body> {
         let what = req.what();
         if let Some(name) = what.strip_prefix("k8s get secret ") {
             return match self.secrets.get(name) {
@@ -275,9 +275,9 @@ impl Cluster {
     }
 }
 
-pub type Check = Box<dyn FnOnce(&Seen, &Cluster)>;
+pub type Check = Box<dyn FnOnce(&Received, &Cluster)>;
 
-pub fn check_event(req: &Seen, _: &Cluster) {
+pub fn check_event(req: &Received, _: &Cluster) {
     assert_eq!(req.body["regarding"]["name"], NAME, "{}", req.body);
     assert_eq!(req.body["regarding"]["kind"], "Deployment", "{}", req.body);
     assert_eq!(req.body["regarding"]["namespace"], NS, "{}", req.body);
@@ -305,7 +305,7 @@ impl Expect {
         }
     }
 
-    pub fn with(mut self, check: impl FnOnce(&Seen, &Cluster) + 'static) -> Self {
+    pub fn with(mut self, check: impl FnOnce(&Received, &Cluster) + 'static) -> Self {
         self.check = Some(Box::new(check));
         self
     }
@@ -404,7 +404,7 @@ impl Expect {
         let event = Expect::event(type_, reason);
         let base = event.check;
         Expect {
-            check: Some(Box::new(move |req: &Seen, cluster: &Cluster| {
+            check: Some(Box::new(move |req: &Received, cluster: &Cluster| {
                 if let Some(base) = base {
                     base(req, cluster);
                 }
@@ -450,7 +450,7 @@ impl ApiServer {
                         .next_request()
                         .await
                         .expect("the kube client was dropped while reconciling");
-                    let req = Seen::read(request).await;
+                    let req = Received::read(request).await;
                     let what = req.what();
                     note(timeline, what.clone());
                     seen.push(what.clone());

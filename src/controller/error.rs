@@ -45,6 +45,14 @@ pub enum Error {
         name: String,
         retry_after: Duration,
     },
+    /// A bug met while reconciling this object: contained to it, reported on it, retried
+    /// with backoff.
+    #[error("reconciling {namespace}/{name} panicked: {message}")]
+    Panicked {
+        namespace: String,
+        name: String,
+        message: String,
+    },
     #[error("finalizer {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -58,6 +66,7 @@ impl Error {
             Error::WriteState { .. } | Error::WriteStatus { .. } => "kubernetes_write",
             Error::Api { source, .. } => source.category(),
             Error::CleanupPending { .. } => "cleanup_pending",
+            Error::Panicked { .. } => "panic",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),

@@ -256,7 +256,12 @@ async fn list_back_to<A: DeploymentsApi>(
     let covered_since = match rows.last() {
         // Creation times are whole seconds: a deployment created in the same second as the
         // last row may be on the next page, so coverage starts one second later.
-        Some(last) if last.created_at < oldest => Some(last.created_at + Duration::from_secs(1)),
+        // `checked_add`: the API's timestamps are input too.
+        Some(last) if last.created_at < oldest => Some(
+            last.created_at
+                .checked_add(Duration::from_secs(1))
+                .unwrap_or(last.created_at),
+        ),
         _ => Some(Timestamp::MIN),
     };
     Ok((

@@ -9,14 +9,17 @@
 //! 6. `act`: create, cancel, prune history, delete or orphan on deletion.
 //! 7. `status`: pure; the status to mirror, written by the round only when it changed.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::FutureExt;
 
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 
-use super::decision::{self, Goal, Observed, Recheck, Step};
+use super::decision::{self, Goal, Health, Observed, Recheck, Step};
 use super::desired::DesiredDeployment;
 use super::recover::Settled;
 use super::round::Round;
@@ -24,11 +27,69 @@ use super::{Context, Error};
 use crate::api::DeploymentsApi;
 use crate::resource::{FINALIZER, GitDeployment};
 
+/// One reconcile of one object. A panic inside it (a bug that some tenant's object reaches)
+/// stays an error of that object: it is reported on the object and retried with backoff,
+/// and every other object goes on being served.
 pub async fn reconcile<A: DeploymentsApi>(
     obj: Arc<GitDeployment>,
     ctx: Arc<Context<A>>,
 ) -> Result<Requeue, Error> {
     let started = Instant::now();
+    let result = match AssertUnwindSafe(reconcile_object(obj.clone(), ctx.clone()))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => Err(contain_panic(&obj, &ctx, panic).await),
+    };
+    ctx.metrics.reconcile_finished(
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    result
+}
+
+/// Tells the object's users what happened (a Stalled condition and a Warning event), as far
+/// as that is possible: a second panic while doing so is contained too.
+async fn contain_panic<A: DeploymentsApi>(
+    obj: &GitDeployment,
+    ctx: &Context<A>,
+    panic: Box<dyn std::any::Any + Send>,
+) -> Error {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    tracing::error!(object = %name, %namespace, %message, "reconcile panicked; contained to this object");
+    let report = async {
+        let mut round = Round::new(obj, ctx)?;
+        let health = Health::stalled(
+            "InternalError",
+            format!(
+                "gitdev-operator failed on this object ({message}); it retries with backoff; please report this with the operator's log"
+            ),
+        );
+        round
+            .finish(&Observed::Unread, health, Requeue::await_change())
+            .await
+    };
+    if AssertUnwindSafe(report).catch_unwind().await.is_err() {
+        tracing::error!(object = %name, %namespace, "reporting a contained panic panicked too");
+    }
+    Error::Panicked {
+        namespace,
+        name,
+        message,
+    }
+}
+
+async fn reconcile_object<A: DeploymentsApi>(
+    obj: Arc<GitDeployment>,
+    ctx: Arc<Context<A>>,
+) -> Result<Requeue, Error> {
     let namespace = obj.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<GitDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = (namespace.clone(), obj.name_any());
@@ -56,10 +117,6 @@ pub async fn reconcile<A: DeploymentsApi>(
     if result.is_ok() {
         ctx.coordination.forget_failures(&key);
     }
-    ctx.metrics.reconcile_finished(
-        started.elapsed(),
-        result.as_ref().err().map(Error::category),
-    );
     result
 }
 

@@ -102,7 +102,12 @@ impl<A: DeploymentsApi> Round<'_, A> {
         target: &Target,
         intent: &Intent,
     ) -> Result<Found, ApiError> {
-        let since = intent.at - CLOCK_SKEW;
+        // The intent comes from an annotation a tenant can write: any time at all, even one
+        // the skew would take out of range.
+        let since = intent
+            .at
+            .checked_sub(CLOCK_SKEW)
+            .unwrap_or(jiff::Timestamp::MIN);
         let claimed = self.ctx.claimed_ids(&self.obj);
         // The current and earlier deployments of this object are known not to be it (the
         // current one is being superseded when a create is in flight).

@@ -173,3 +173,24 @@ async fn a_429_from_create_waits_for_the_rate_limit_without_an_error() {
     assert_eq!(requeue_after(&action), Some(Duration::from_secs(7)));
     assert_eq!(h.api().take_calls(), ["create"]);
 }
+
+#[tokio::test]
+async fn a_panic_while_reconciling_one_object_is_reported_on_it_and_returned_as_its_error() {
+    let mut h = Harness::new(tracking(spec(json!({})), "dep_1"));
+    h.api().add("main", None, Remote::Building);
+    h.api().script(Endpoint::Get, Script::Panic);
+
+    let err = h
+        .reconcile(vec![
+            Expect::get_secret(CREDENTIALS),
+            Expect::event_noting("Warning", "InternalError", &["scripted panic", "report"]),
+            Expect::status(|s| assert_health(s, "Stalled", "InternalError")),
+        ])
+        .await
+        .expect_err("a panic is an error of the object, not of the process");
+
+    assert!(matches!(err, Error::Panicked { .. }), "{err}");
+    assert_eq!(err.category(), "panic");
+    let backoff = h.error_policy(&h.object(), &err);
+    assert_requeue_between(&backoff, secs(1.0), secs(1.25));
+}

@@ -194,3 +194,19 @@ async fn a_lost_create_answer_after_a_supersede_adopts_the_new_deployment() {
     assert_eq!(state.id.as_deref(), Some("dep_2"), "{state:?}");
     assert_eq!(state.history, ["dep_1"]);
 }
+
+#[tokio::test]
+async fn an_intent_time_at_the_edge_of_the_calendar_is_searched_for_without_a_panic() {
+    let obj = with_state(
+        object(spec(json!({}))),
+        &serde_json::from_value(json!({
+            "intent": {"fingerprint": "f", "at": "-009999-01-02T01:59:59Z"}
+        }))
+        .unwrap(),
+    );
+    let mut h = Harness::new(obj);
+    h.reconcile_freely().await.unwrap();
+    // Nothing could be it: the intent is settled as never made, and the create is sent once.
+    assert_eq!(h.api().take_calls(), ["list", "create"]);
+    assert_eq!(h.api().ids().len(), 1);
+}

@@ -12,6 +12,8 @@ pub enum Script {
     Fail(ApiError),
     /// Create: make the deployment, then lose the answer (`ApiError::OutcomeUnknown`).
     LoseAnswer,
+    /// A bug: the call panics.
+    Panic,
 }
 
 #[derive(Default)]
@@ -152,9 +154,14 @@ impl FakeApi {
         };
         note(&self.timeline, format!("api {call}"));
         let mut st = self.state();
-        st.calls.push(call);
+        st.calls.push(call.clone());
         st.tokens.push(token.expose().to_string());
-        st.scripts.get_mut(&endpoint).and_then(VecDeque::pop_front)
+        let script = st.scripts.get_mut(&endpoint).and_then(VecDeque::pop_front);
+        drop(st);
+        if let Some(Script::Panic) = script {
+            panic!("scripted panic in {call}");
+        }
+        script
     }
 
     pub fn make(st: &mut FakeState, request: &CreateDeploymentRequest) -> CreatedDeployment {
@@ -202,7 +209,8 @@ impl DeploymentsApi for FakeApi {
         st.creates.push(request.clone());
         match script {
             Some(Script::Fail(e)) => Err(e),
-            Some(Script::LoseAnswer) => {
+            // `enter` panics on `Script::Panic` before this point.
+            Some(Script::LoseAnswer | Script::Panic) => {
                 Self::make(&mut st, request);
                 Err(ApiError::OutcomeUnknown {
                     message: "connection reset after the request was sent".into(),

@@ -389,12 +389,16 @@ pub enum Recovery {
 
 /// The answer to an API error met while taking `action` (`"create"`, `"cancel"`, …).
 pub fn recovery(err: &ApiError, action: &str) -> Recovery {
+    // What the API (or a gateway in front of it) says is quoted, never trusted to be short.
     let quoted = match (err.status(), err.code()) {
-        (Some(status), Some(code)) => {
-            format!("the API answered {status} {code}: {}", api_message(err))
-        }
-        _ => err.to_string(),
+        (Some(status), Some(code)) => format!(
+            "the API answered {status} {}: {}",
+            cut(code, 64),
+            cut(api_message(err), QUOTE_LIMIT)
+        ),
+        _ => cut(&err.to_string(), QUOTE_LIMIT),
     };
+    let err_text = cut(&err.to_string(), QUOTE_LIMIT);
     match err.class() {
         ErrorClass::RateLimited { retry_after } => Recovery::RetryAfter(
             Health::progressing(
@@ -413,7 +417,7 @@ pub fn recovery(err: &ApiError, action: &str) -> Recovery {
         ErrorClass::OutcomeUnknown => Recovery::Reconcile(Health::progressing(
             "CreationUnconfirmed",
             format!(
-                "the create request's outcome is unknown ({err}); looking for the deployment before creating again"
+                "the create request's outcome is unknown ({err_text}); looking for the deployment before creating again"
             ),
         )),
         ErrorClass::Permanent => {
@@ -450,6 +454,17 @@ pub fn recovery(err: &ApiError, action: &str) -> Recovery {
                 format!("{action} failed: {quoted}; {fix}"),
             ))
         }
+    }
+}
+
+/// How much of an API error's text a condition or event quotes.
+pub const QUOTE_LIMIT: usize = 300;
+
+/// `text` cut to at most `max` characters, with an ellipsis when something was cut.
+pub fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}…", &text[..end]),
     }
 }
 
@@ -717,6 +732,25 @@ mod tests {
             details: Default::default(),
             retry_after: (status == 429).then_some(Duration::from_secs(3)),
         }
+    }
+
+    #[test]
+    fn api_error_text_is_cut_before_it_reaches_a_condition() {
+        let mut huge = api_error(400, "invalid_request");
+        if let ApiError::Status { message, .. } = &mut huge {
+            *message = "é".repeat(100_000);
+        }
+        let Recovery::Stall(h) = recovery(&huge, "create") else {
+            panic!("a 400 stalls")
+        };
+        assert!(
+            h.message().chars().count() < QUOTE_LIMIT + 200,
+            "{}",
+            h.message().len()
+        );
+        assert!(h.message().contains("…"));
+        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("ééé", 2), "éé…");
     }
 
     #[test]

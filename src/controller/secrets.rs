@@ -34,7 +34,16 @@ pub enum SecretProblem {
         name: String,
         variable: String,
     },
+    /// The environment passed `ENV_LIMIT_BYTES` while reading Secret `name` (or `envVars`).
+    EnvTooLarge {
+        name: String,
+    },
 }
+
+/// The most environment (names and values, `envFrom` and `envVars` together) sent with one
+/// deployment. Secrets are up to 1 MiB each and a tenant may list many: without a bound, one
+/// object could make the operator copy tens of MiB on every reconcile.
+pub const ENV_LIMIT_BYTES: usize = 64 * 1024;
 
 impl SecretProblem {
     pub fn health(&self, namespace: &str) -> Health {
@@ -63,6 +72,13 @@ impl SecretProblem {
                     "Secret {namespace}/{name} named in spec.envFrom does not exist: create it or remove it from spec.envFrom"
                 ),
             ),
+            SecretProblem::EnvTooLarge { name } => Health::stalled(
+                "EnvTooLarge",
+                format!(
+                    "the environment of spec.envFrom and spec.envVars is over {} KiB, the most sent with one deployment (the limit was passed at {name}): move large values out of the environment or split the Secret",
+                    ENV_LIMIT_BYTES / 1024
+                ),
+            ),
             SecretProblem::EnvNameInvalid { name, variable } => Health::stalled(
                 "EnvNameInvalid",
                 format!(
@@ -87,7 +103,7 @@ pub fn token_from(secret: Option<&Secret>, r: &SecretKeyRef) -> Result<ApiToken,
         key: r.key.clone(),
         why,
     };
-    let text = std::str::from_utf8(&bytes).map_err(|_| invalid("not UTF-8"))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| invalid("not UTF-8"))?;
     // A trailing newline from `echo token > file` is a common accident, not part of the token.
     let token = text.trim();
     if token.is_empty() {
@@ -105,6 +121,19 @@ pub fn env_from<'a>(
     lookup: impl Fn(&str) -> Option<&'a Secret>,
 ) -> Result<BTreeMap<String, String>, SecretProblem> {
     let mut env = BTreeMap::new();
+    let mut total = 0usize;
+    let mut count = |name: &str, variable: &str, value: &[u8]| {
+        total = total
+            .saturating_add(variable.len())
+            .saturating_add(value.len());
+        if total > ENV_LIMIT_BYTES {
+            Err(SecretProblem::EnvTooLarge {
+                name: name.to_string(),
+            })
+        } else {
+            Ok(())
+        }
+    };
     for source in &spec.env_from {
         let name = &source.secret_ref.name;
         let secret =
@@ -125,22 +154,26 @@ pub fn env_from<'a>(
                 });
             }
             let bytes = value(secret, &key).unwrap_or_default();
-            env.insert(variable, String::from_utf8_lossy(&bytes).into_owned());
+            count(name, &variable, bytes)?;
+            env.insert(variable, String::from_utf8_lossy(bytes).into_owned());
         }
     }
-    env.extend(spec.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (k, v) in &spec.env_vars {
+        count("spec.envVars", k, v.as_bytes())?;
+        env.insert(k.clone(), v.clone());
+    }
     Ok(env)
 }
 
-fn value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+fn value<'s>(secret: &'s Secret, key: &str) -> Option<&'s [u8]> {
     if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
-        return Some(v.as_bytes().to_vec());
+        return Some(v.as_bytes());
     }
     secret
         .data
         .as_ref()
         .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
+        .map(|b| b.0.as_slice())
 }
 
 pub fn is_env_name(s: &str) -> bool {
@@ -266,6 +299,37 @@ mod tests {
         let bad = secret(&[("my-key", b"x")]);
         let err = env_from(&s, |_| Some(&bad)).unwrap_err();
         assert_eq!(err.health("ns").reason(), "EnvNameInvalid");
+    }
+
+    #[test]
+    fn an_environment_over_the_limit_is_a_problem_naming_where_it_was_passed() {
+        let s = spec(serde_json::json!({
+            "envFrom": [{"secretRef": {"name": "small"}}, {"secretRef": {"name": "big"}}]
+        }));
+        let small = secret(&[("A", b"1")]);
+        let half = vec![b'x'; ENV_LIMIT_BYTES / 2];
+        let big = secret(&[("B", &half), ("C", &half)]);
+        let err = env_from(&s, |n| match n {
+            "small" => Some(&small),
+            "big" => Some(&big),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(err, SecretProblem::EnvTooLarge { name: "big".into() });
+        let health = err.health("ns");
+        assert_eq!(health.reason(), "EnvTooLarge");
+        assert!(health.message().contains("64 KiB"), "{}", health.message());
+
+        let just_under = secret(&[("B", &half[..ENV_LIMIT_BYTES / 2 - 10])]);
+        assert!(env_from(&s, |n| (n == "big").then_some(&just_under).or(Some(&small))).is_ok());
+
+        let vars = spec(serde_json::json!({"envVars": {"HUGE": "y".repeat(ENV_LIMIT_BYTES)}}));
+        assert_eq!(
+            env_from(&vars, |_| None).unwrap_err(),
+            SecretProblem::EnvTooLarge {
+                name: "spec.envVars".into()
+            }
+        );
     }
 
     #[test]

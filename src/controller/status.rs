@@ -4,9 +4,13 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::decision::{Health, Observed};
+use super::decision::{Health, Observed, cut};
 use super::state::State;
 use crate::resource::{GitDeployment, GitDeploymentStatus, HistoryEntry};
+
+/// The longest condition message written: whatever built it (API answers included), a
+/// condition stays readable in `kubectl describe` and far below the API server's limits.
+pub const MESSAGE_LIMIT: usize = 1024;
 
 /// The whole status, from what was observed in this reconcile. `Observed::Unread` means the
 /// remote deployment was not looked at this time: its mirrored fields are kept as they were.
@@ -83,7 +87,7 @@ pub fn build_status(
                 type_: c.type_.to_string(),
                 status: c.status.to_string(),
                 reason: c.reason.clone(),
-                message: c.message.clone(),
+                message: cut(&c.message, MESSAGE_LIMIT),
                 observed_generation: obj.metadata.generation,
                 last_transition_time,
             }

@@ -22,6 +22,7 @@ mod openapi;
 mod ratelimit;
 mod stats;
 mod store;
+pub mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

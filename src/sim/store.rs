@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 
 use super::config::PhaseDurations;
-use crate::api::{
-    CancelledDeployment, CreatedDeployment, DeploymentDetails, DeploymentList, DeploymentStatus,
-    DeploymentSummary, ListMeta,
+use super::wire::{
+    CancelResponse, CreateResponse, DeploymentStatus, GetResponse, ListItem, ListMeta, ListResponse,
 };
 
 /// Branches whose name starts with this end in `failed` after building.
@@ -128,8 +127,8 @@ impl Deployment {
         format!("https://{}.git.dev", self.id)
     }
 
-    pub fn created(&self) -> CreatedDeployment {
-        CreatedDeployment {
+    pub fn created(&self) -> CreateResponse {
+        CreateResponse {
             id: self.id.to_string(),
             // The create answer always says queued, whatever the phase durations.
             status: DeploymentStatus::Queued,
@@ -141,8 +140,8 @@ impl Deployment {
         }
     }
 
-    pub fn summary(&self, now: Instant) -> DeploymentSummary {
-        DeploymentSummary {
+    pub fn summary(&self, now: Instant) -> ListItem {
+        ListItem {
             id: self.id.to_string(),
             status: self.snapshot(now).status,
             branch: self.branch.clone(),
@@ -151,14 +150,14 @@ impl Deployment {
     }
 
     /// `base_url` is the API base as the client sees it, e.g. `http://127.0.0.1:8080/v1`.
-    pub fn details(&self, now: Instant, base_url: &str) -> DeploymentDetails {
+    pub fn details(&self, now: Instant, base_url: &str) -> GetResponse {
         let snap = self.snapshot(now);
         let completed_at = match (&self.cancelled, snap.completed_after) {
             (Some(c), _) => Some(wire_time(c.at)),
             (None, Some(after)) => Some(wire_time(plus(self.created_at, after))),
             (None, None) => None,
         };
-        DeploymentDetails {
+        GetResponse {
             id: self.id.to_string(),
             status: snap.status,
             project_id: self.project_id.clone(),
@@ -348,7 +347,7 @@ impl Store {
         by: &str,
         now: Instant,
         wall: Timestamp,
-    ) -> Result<CancelledDeployment, CancelError> {
+    ) -> Result<CancelResponse, CancelError> {
         let dep = self
             .deployments
             .get_mut(id)
@@ -369,7 +368,7 @@ impl Store {
             at,
             after,
         });
-        Ok(CancelledDeployment {
+        Ok(CancelResponse {
             id: dep.id.to_string(),
             status: DeploymentStatus::Cancelled,
             cancelled_by: by.to_owned(),
@@ -398,7 +397,7 @@ impl Store {
         limit: u32,
         offset: u64,
         now: Instant,
-    ) -> DeploymentList {
+    ) -> ListResponse {
         let mut data = Vec::with_capacity(limit.min(100) as usize);
         let mut total: u64 = 0;
         if let Some(ids) = self.by_project.get(project) {
@@ -417,7 +416,7 @@ impl Store {
                 total += 1;
             }
         }
-        DeploymentList {
+        ListResponse {
             data,
             meta: ListMeta {
                 total,

@@ -17,9 +17,9 @@ use super::respond::{
 };
 use super::route::{SimRoute, percent_decode};
 use super::{App, lock};
-use crate::api::DeploymentDetails;
 use crate::sim::faults::FaultSet;
 use crate::sim::store::Deployment;
+use crate::sim::wire::GetResponse;
 
 impl App {
     /// Serves one `/_sim/` hook.
@@ -134,7 +134,7 @@ impl App {
 #[derive(Serialize)]
 struct SimDeployment<'a> {
     #[serde(flatten)]
-    details: DeploymentDetails,
+    details: GetResponse,
     env_vars: &'a BTreeMap<String, String>,
     created_by: &'a str,
 }

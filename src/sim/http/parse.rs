@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::respond::{details, error_response, invalid_parameter, invalid_request};
 use super::route::percent_decode;
-use crate::api::{CreateDeploymentRequest, DeploymentStatus};
+use crate::sim::wire::{CreateRequest, DeploymentStatus};
 
 /// A request body that has not fully arrived after this long answers 400.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,8 +88,8 @@ fn required_string(obj: &Map<String, Value>, field: &str) -> Result<String, Resp
     }
 }
 
-/// Reads the create body into the shared wire type, naming the field of any problem.
-pub(super) fn parse_create(bytes: &[u8]) -> Result<CreateDeploymentRequest, Response<Body>> {
+/// Reads the create body into the simulator's wire type, naming the field of any problem.
+pub(super) fn parse_create(bytes: &[u8]) -> Result<CreateRequest, Response<Body>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(invalid_request(
             "body",
@@ -165,7 +165,7 @@ pub(super) fn parse_create(bytes: &[u8]) -> Result<CreateDeploymentRequest, Resp
             ));
         }
     };
-    Ok(CreateDeploymentRequest {
+    Ok(CreateRequest {
         project_id,
         branch,
         commit_sha,
@@ -249,7 +249,7 @@ fn json_type_name(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ErrorEnvelope;
+    use crate::sim::wire::ErrorEnvelope;
     #[test]
     fn list_queries_are_checked_and_defaulted() {
         let p = parse_list_query(None).ok().unwrap();

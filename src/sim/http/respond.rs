@@ -8,11 +8,11 @@ use axum::http::{HeaderValue, Method, Response, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::api::{
-    ErrorBody, ErrorEnvelope, HEADER_LIMIT, HEADER_REMAINING, HEADER_RESET, HEADER_RETRY_AFTER,
-};
 use crate::sim::ratelimit::Decision;
 use crate::sim::store::CancelError;
+use crate::sim::wire::{
+    ErrorBody, ErrorEnvelope, HEADER_LIMIT, HEADER_REMAINING, HEADER_RESET, HEADER_RETRY_AFTER,
+};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub(super) const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");

@@ -16,6 +16,7 @@
 //! Reference documentation: `docs/simulator.md`.
 
 pub mod config;
+mod deployment;
 pub mod faults;
 mod http;
 mod openapi;

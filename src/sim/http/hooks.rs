@@ -17,8 +17,8 @@ use super::respond::{
 };
 use super::route::{SimRoute, percent_decode};
 use super::{App, lock};
+use crate::sim::deployment::Deployment;
 use crate::sim::faults::FaultSet;
-use crate::sim::store::Deployment;
 use crate::sim::wire::GetResponse;
 
 impl App {

@@ -1,5 +1,5 @@
 //! `gitdev-sim`: a faithful, in-memory simulator of the git.dev Deployments API
-//! (`shared/spec/deployments-api.md`), so that the operator and every test run on one machine.
+//! (`docs/deployments-api.md`), so that the operator and every test run on one machine.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -16,12 +16,14 @@
 //! Reference documentation: `docs/simulator.md`.
 
 pub mod config;
+mod deployment;
 pub mod faults;
 mod http;
 mod openapi;
 mod ratelimit;
 mod stats;
 mod store;
+pub mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

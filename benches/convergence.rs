@@ -5,7 +5,7 @@
 //!   cargo bench --bench convergence                      # the two workloads of the targets
 //!   cargo bench --bench convergence -- --objects 200 --token sk_test_starter --phase 2
 //!
-//! Workloads (shared/notes/performance-targets.md): 1,000 objects with a Pro token and 200 with
+//! Workloads (docs/performance.md): 1,000 objects with a Pro token and 200 with
 //! a Starter token, 2 s phases (T = 6 s). The floor for N objects with a token of limit L/min
 //! and burst B is max(0, N − B) × 60 / L + T.
 

@@ -20,8 +20,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::cluster::{Cluster, KubectlOutput, TestNamespace, cluster, repo_path};
-use common::stack::{Operator, Sim, eventually, http};
+use common::cluster::{Cluster, cluster, repo_path};
+use common::stack::{eventually, http};
+use common::world::World;
 use mlua::serde::SerializeOptions;
 use mlua::{Lua, LuaOptions, LuaSerdeExt, StdLib};
 use serde::Deserialize;
@@ -126,90 +127,25 @@ fn state(name: &str) -> &'static State {
 
 // ----- the world of one test -----
 
-struct World {
-    cluster: &'static Cluster,
-    ns: TestNamespace,
-    sim: Sim,
-    operator: Option<Operator>,
+/// A world with its own operator, once tests/kstatus is built: a first `go build` keeps both
+/// cores busy for minutes, and no timing may start before it.
+fn world(prefix: &str, phase: f64) -> World {
+    kstatus_program();
+    World::with_operator(prefix, phase)
+}
+
+/// A namespace that no operator watches, and a simulator nobody calls.
+fn world_without_operator(prefix: &str) -> World {
+    kstatus_program();
+    World::new(prefix, QUICK_PHASE_SECONDS)
 }
 
 impl World {
-    fn new(prefix: &str, phase: f64) -> World {
-        // Built before any timing starts: a first `go build` keeps both cores busy for minutes.
-        kstatus_program();
-        let cluster = cluster();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let ns = rt.block_on(cluster.namespace(prefix));
-        let sim = Sim::start(phase);
-        let operator = Some(Operator::start(cluster, &sim.api_url(), &ns, &[]));
-        World {
-            cluster,
-            ns,
-            sim,
-            operator,
-        }
-    }
-
-    /// A namespace that no operator watches, and a simulator nobody calls.
-    fn without_operator(prefix: &str) -> World {
-        kstatus_program();
-        let cluster = cluster();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let ns = rt.block_on(cluster.namespace(prefix));
-        World {
-            cluster,
-            ns,
-            sim: Sim::start(QUICK_PHASE_SECONDS),
-            operator: None,
-        }
-    }
-
-    fn stop_operator(&mut self) {
-        let mut operator = self.operator.take().expect("an operator runs");
-        operator
-            .proc
-            .terminate(Duration::from_secs(15))
-            .expect("the operator stops within 15 s of SIGTERM");
-    }
-
-    fn start_operator(&mut self) {
-        assert!(self.operator.is_none(), "an operator already runs");
-        self.operator = Some(Operator::start(
-            self.cluster,
-            &self.sim.api_url(),
-            &self.ns,
-            &[],
-        ));
-    }
-
-    fn kubectl(&self, args: &[&str]) -> KubectlOutput {
-        let mut all: Vec<&str> = vec!["-n", &self.ns];
-        all.extend_from_slice(args);
-        self.cluster.kubectl(all)
-    }
-
-    fn apply(&self, manifest: &str) -> KubectlOutput {
-        self.cluster
-            .kubectl_with_stdin(["-n", &self.ns, "apply", "-f", "-"], manifest)
-    }
-
     /// `kubectl apply -f examples/FILE`, as the examples say.
     fn apply_example(&self, file: &str) {
         let path = example_path(file);
         self.kubectl(&["apply", "-f", path.to_str().unwrap()])
             .expect_success();
-    }
-
-    fn token_secret(&self) {
-        self.apply("apiVersion: v1\nkind: Secret\nmetadata:\n  name: gitdev-credentials\nstringData:\n  token: sk_test_write\n")
-            .expect_success();
-    }
-
-    fn get(&self, name: &str) -> Value {
-        let out = self
-            .kubectl(&["get", "gitdeployment", name, "-o", "json"])
-            .expect_success();
-        serde_json::from_str(&out).unwrap()
     }
 
     /// The object as soon as `holds` is true of it: the JSON that was checked is the one returned.
@@ -223,22 +159,10 @@ impl World {
 
     /// Waits until condition `type_` is True with `reason`; returns the object.
     #[track_caller]
-    fn wait_for(&self, name: &str, type_: &str, reason: &str) -> Value {
+    fn wait_for_object(&self, name: &str, type_: &str, reason: &str) -> Value {
         self.get_when(name, &format!("{type_}=True with reason {reason}"), |obj| {
             is_condition(obj, type_, "True", reason)
         })
-    }
-
-    fn events(&self, name: &str) -> String {
-        self.kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-            "-o",
-            "json",
-        ])
-        .expect_success()
     }
 }
 
@@ -410,7 +334,7 @@ fn reason_and_message(obj: &Value, type_: &str) -> String {
 
 #[test]
 fn an_object_no_operator_has_reconciled_yet_is_in_progress_for_argocd_kstatus_and_flux() {
-    let w = World::without_operator("gitops-unobserved");
+    let w = world_without_operator("gitops-unobserved");
     w.apply_example("basic.yaml");
     let obj = w.get("web");
     assert_eq!(
@@ -427,8 +351,8 @@ fn an_object_no_operator_has_reconciled_yet_is_in_progress_for_argocd_kstatus_an
 
 #[test]
 fn the_basic_example_is_progressing_while_it_builds_and_healthy_once_it_succeeds() {
-    let w = World::new("gitops-basic", OBSERVABLE_PHASE_SECONDS);
-    w.token_secret();
+    let w = world("gitops-basic", OBSERVABLE_PHASE_SECONDS);
+    w.token_secret("sk_test_write");
     w.apply_example("basic.yaml");
 
     let queued = w.get_when("web", "queued", |o| {
@@ -445,7 +369,7 @@ fn the_basic_example_is_progressing_while_it_builds_and_healthy_once_it_succeeds
     });
     judge("building", &building);
 
-    let ready = w.wait_for("web", "Ready", "Succeeded");
+    let ready = w.wait_for_object("web", "Ready", "Succeeded");
     assert_eq!(ready["status"]["status"], "success");
     assert!(generation_observed(&ready), "{ready}");
     let argo = judge("success", &ready);
@@ -456,10 +380,10 @@ fn the_basic_example_is_progressing_while_it_builds_and_healthy_once_it_succeeds
 
 #[test]
 fn a_spec_change_or_a_deletion_the_operator_has_not_handled_yet_is_progressing() {
-    let mut w = World::new("gitops-unhandled", QUICK_PHASE_SECONDS);
-    w.token_secret();
+    let mut w = world("gitops-unhandled", QUICK_PHASE_SECONDS);
+    w.token_secret("sk_test_write");
     w.apply_example("basic.yaml");
-    let ready = w.wait_for("web", "Ready", "Succeeded");
+    let ready = w.wait_for_object("web", "Ready", "Succeeded");
     let id = ready["status"]["deploymentId"]
         .as_str()
         .unwrap()
@@ -499,31 +423,24 @@ fn a_spec_change_or_a_deletion_the_operator_has_not_handled_yet_is_progressing()
     // Back, the operator cleans up and lets the object go.
     w.start_operator();
     eventually(WAIT, "the object to be gone", || {
-        w.kubectl(&[
-            "get",
-            "gitdeployment",
-            "web",
-            "--ignore-not-found",
-            "-o",
-            "name",
-        ])
-        .expect_success()
-        .trim()
-        .is_empty()
-        .then_some(())
+        w.lookup("web")
+            .expect_success()
+            .trim()
+            .is_empty()
+            .then_some(())
     });
     assert_eq!(w.sim.get("sk_test_write", &id).0, 404);
 }
 
 #[test]
 fn a_failed_build_is_degraded_in_argocd_and_failed_for_kstatus_and_flux() {
-    let w = World::new("gitops-failed", QUICK_PHASE_SECONDS);
-    w.token_secret();
+    let w = world("gitops-failed", QUICK_PHASE_SECONDS);
+    w.token_secret("sk_test_write");
     let broken = example("basic.yaml")
         .replace("name: web", "name: broken")
         .replace("branch: main", "branch: fail/broken-build");
     w.apply(&broken).expect_success();
-    let failed = w.wait_for("broken", "Stalled", "DeploymentFailed");
+    let failed = w.wait_for_object("broken", "Stalled", "DeploymentFailed");
     assert_eq!(failed["status"]["status"], "failed");
     let argo = judge("failed", &failed);
     assert_eq!(argo.message, reason_and_message(&failed, "Stalled"));
@@ -531,8 +448,8 @@ fn a_failed_build_is_degraded_in_argocd_and_failed_for_kstatus_and_flux() {
 
 #[test]
 fn a_build_cancelled_with_spec_cancel_is_healthy_in_argocd_and_current_for_kstatus_and_flux() {
-    let w = World::new("gitops-cancelled", OBSERVABLE_PHASE_SECONDS);
-    w.token_secret();
+    let w = world("gitops-cancelled", OBSERVABLE_PHASE_SECONDS);
+    w.token_secret("sk_test_write");
     w.apply_example("basic.yaml");
     w.get_when("web", "building", |o| o["status"]["status"] == "building");
     w.kubectl(&[
@@ -558,9 +475,9 @@ fn a_build_cancelled_with_spec_cancel_is_healthy_in_argocd_and_current_for_kstat
 
 #[test]
 fn a_missing_token_secret_is_degraded_in_argocd_and_failed_for_kstatus_and_flux() {
-    let w = World::new("gitops-nocreds", QUICK_PHASE_SECONDS);
+    let w = world("gitops-nocreds", QUICK_PHASE_SECONDS);
     w.apply_example("basic.yaml");
-    let stalled = w.wait_for("web", "Stalled", "CredentialsNotFound");
+    let stalled = w.wait_for_object("web", "Stalled", "CredentialsNotFound");
     let argo = judge("invalid-credentials", &stalled);
     assert!(
         argo.message.starts_with("CredentialsNotFound: ")
@@ -614,10 +531,10 @@ fn health_lua_says_why_a_deletion_waits_and_copes_with_missing_fields() {
 
 #[test]
 fn the_env_from_secret_example_deploys_with_the_secret_values_as_environment_variables() {
-    let w = World::new("gitops-envfrom", QUICK_PHASE_SECONDS);
-    w.token_secret();
+    let w = world("gitops-envfrom", QUICK_PHASE_SECONDS);
+    w.token_secret("sk_test_write");
     w.apply_example("env-from-secret.yaml");
-    let ready = w.wait_for("api", "Ready", "Succeeded");
+    let ready = w.wait_for_object("api", "Ready", "Succeeded");
     let deployments = w.sim.deployments();
     assert_eq!(deployments.len(), 1, "{deployments:?}");
     let remote = &deployments[0];
@@ -642,10 +559,10 @@ fn the_env_from_secret_example_deploys_with_the_secret_values_as_environment_var
 
 #[test]
 fn the_orphan_example_leaves_its_deployment_live_when_the_object_is_deleted() {
-    let w = World::new("gitops-orphan", QUICK_PHASE_SECONDS);
-    w.token_secret();
+    let w = world("gitops-orphan", QUICK_PHASE_SECONDS);
+    w.token_secret("sk_test_write");
     w.apply_example("orphan.yaml");
-    let ready = w.wait_for("preview", "Ready", "Succeeded");
+    let ready = w.wait_for_object("preview", "Ready", "Succeeded");
     let id = ready["status"]["deploymentId"].as_str().unwrap();
     let path = example_path("orphan.yaml");
     w.kubectl(&["delete", "-f", path.to_str().unwrap(), "--timeout=60s"])
@@ -658,8 +575,8 @@ fn the_orphan_example_leaves_its_deployment_live_when_the_object_is_deleted() {
 
 #[test]
 fn the_adopt_example_takes_over_an_existing_deployment_and_creates_none() {
-    let w = World::new("gitops-adopt", QUICK_PHASE_SECONDS);
-    w.token_secret();
+    let w = world("gitops-adopt", QUICK_PHASE_SECONDS);
+    w.token_secret("sk_test_write");
     // A deployment made outside Kubernetes, straight through the API.
     let created = http()
         .post(format!("{}/deployments", w.sim.api_url()))
@@ -676,7 +593,7 @@ fn the_adopt_example_takes_over_an_existing_deployment_and_creates_none() {
     assert!(manifest.contains(placeholder), "{manifest}");
     w.apply(&manifest.replace(placeholder, &id))
         .expect_success();
-    let ready = w.wait_for("legacy", "Ready", "Succeeded");
+    let ready = w.wait_for_object("legacy", "Ready", "Succeeded");
     assert_eq!(ready["status"]["deploymentId"], id.as_str(), "{ready}");
     assert_eq!(ready["status"]["url"], format!("https://{id}.git.dev"));
     let deployments = w.sim.deployments();
@@ -690,8 +607,8 @@ fn the_adopt_example_takes_over_an_existing_deployment_and_creates_none() {
 
 #[test]
 fn the_cancel_example_deploys_nothing_until_cancel_is_lifted() {
-    let w = World::new("gitops-cancel", QUICK_PHASE_SECONDS);
-    w.token_secret();
+    let w = world("gitops-cancel", QUICK_PHASE_SECONDS);
+    w.token_secret("sk_test_write");
     w.apply_example("cancel.yaml");
     let held = w.get_when("frozen", "Ready=True Cancelled, generation observed", |o| {
         is_condition(o, "Ready", "True", "Cancelled") && generation_observed(o)
@@ -712,7 +629,7 @@ fn the_cancel_example_deploys_nothing_until_cancel_is_lifted() {
         r#"{"spec":{"cancel":false}}"#,
     ])
     .expect_success();
-    w.wait_for("frozen", "Ready", "Succeeded");
+    w.wait_for_object("frozen", "Ready", "Succeeded");
     assert_eq!(w.sim.deployments().len(), 1);
 }
 
@@ -724,67 +641,67 @@ fn the_cancel_example_deploys_nothing_until_cancel_is_lifted() {
 /// checks that the examples are well-formed Kubernetes objects of the right apiVersion and kind,
 /// in existing namespaces; it does not check their fields against the real CRDs' schemas (the
 /// `healthCheckExprs` are checked for real by tests/kstatus, which parses and runs them).
-const GITOPS_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: applications.argoproj.io
-spec:
-  group: argoproj.io
-  names: {kind: Application, listKind: ApplicationList, plural: applications, singular: application}
-  scope: Namespaced
-  versions:
-    - name: v1alpha1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: kustomizations.kustomize.toolkit.fluxcd.io
-spec:
-  group: kustomize.toolkit.fluxcd.io
-  names: {kind: Kustomization, listKind: KustomizationList, plural: kustomizations, singular: kustomization}
-  scope: Namespaced
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: gitrepositories.source.toolkit.fluxcd.io
-spec:
-  group: source.toolkit.fluxcd.io
-  names: {kind: GitRepository, listKind: GitRepositoryList, plural: gitrepositories, singular: gitrepository}
-  scope: Namespaced
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#;
+/// Each is (group, version, kind, plural).
+const GITOPS_KINDS: &[(&str, &str, &str, &str)] = &[
+    ("argoproj.io", "v1alpha1", "Application", "applications"),
+    (
+        "kustomize.toolkit.fluxcd.io",
+        "v1",
+        "Kustomization",
+        "kustomizations",
+    ),
+    (
+        "source.toolkit.fluxcd.io",
+        "v1",
+        "GitRepository",
+        "gitrepositories",
+    ),
+];
 
-/// `kubectl apply --dry-run=server -o json -f FILE`: the objects as the API server would store
-/// them.
-fn dry_run(cluster: &Cluster, file: &str) -> Vec<Value> {
+/// The stand-in CRDs of [`GITOPS_KINDS`], as one YAML stream.
+fn gitops_crds() -> String {
+    let crds: Vec<String> = GITOPS_KINDS
+        .iter()
+        .map(|(group, version, kind, plural)| {
+            let singular = kind.to_lowercase();
+            format!(
+                "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: {plural}.{group}
+spec:
+  group: {group}
+  names: {{kind: {kind}, listKind: {kind}List, plural: {plural}, singular: {singular}}}
+  scope: Namespaced
+  versions:
+    - name: {version}
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+"
+            )
+        })
+        .collect();
+    crds.join("---\n")
+}
+
+/// `kubectl apply --dry-run=server -o json -f FILE`, in `namespace` if given: the objects as the
+/// API server would store them.
+fn dry_run(cluster: &Cluster, namespace: Option<&str>, file: &str) -> Vec<Value> {
     let path = example_path(file);
-    let out = cluster
-        .kubectl([
-            "apply",
-            "--dry-run=server",
-            "-o",
-            "json",
-            "-f",
-            path.to_str().unwrap(),
-        ])
-        .expect_success();
+    let mut args = vec![
+        "apply",
+        "--dry-run=server",
+        "-o",
+        "json",
+        "-f",
+        path.to_str().unwrap(),
+    ];
+    if let Some(ns) = namespace {
+        args.splice(0..0, ["-n", ns]);
+    }
+    let out = cluster.kubectl(args).expect_success();
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     match v["kind"].as_str() {
         Some("List") => v["items"].as_array().unwrap().clone(),
@@ -796,7 +713,7 @@ fn dry_run(cluster: &Cluster, file: &str) -> Vec<Value> {
 fn the_argocd_and_flux_manifests_are_accepted_by_the_api_server_and_agree_with_each_other() {
     let cluster = cluster();
     let crds = work_dir().join("gitops-crds.yaml");
-    std::fs::write(&crds, GITOPS_CRDS).unwrap();
+    std::fs::write(&crds, gitops_crds()).unwrap();
     cluster.apply_crds(&crds).unwrap_or_else(|e| panic!("{e}"));
     for ns in ["argocd", "flux-system"] {
         cluster
@@ -808,7 +725,7 @@ fn the_argocd_and_flux_manifests_are_accepted_by_the_api_server_and_agree_with_e
     }
 
     // Argo CD: the health check is health.lua, verbatim.
-    let cm = dry_run(cluster, "argocd/argocd-cm.yaml");
+    let cm = dry_run(cluster, None, "argocd/argocd-cm.yaml");
     assert_eq!(cm.len(), 1);
     assert_eq!(
         (cm[0]["kind"].as_str(), cm[0]["metadata"]["name"].as_str()),
@@ -823,7 +740,7 @@ fn the_argocd_and_flux_manifests_are_accepted_by_the_api_server_and_agree_with_e
         "argocd-cm.yaml must embed health.lua as it is"
     );
 
-    let app = dry_run(cluster, "argocd/application.yaml");
+    let app = dry_run(cluster, None, "argocd/application.yaml");
     assert_eq!(app.len(), 1);
     assert_eq!(app[0]["apiVersion"], "argoproj.io/v1alpha1");
     assert_eq!(app[0]["kind"], "Application");
@@ -837,7 +754,7 @@ fn the_argocd_and_flux_manifests_are_accepted_by_the_api_server_and_agree_with_e
     let synced = gitdeployment_names(cluster, &files);
 
     // Flux: the same files reach the same namespace, and the health checks name what they hold.
-    let flux = dry_run(cluster, "flux/kustomization.yaml");
+    let flux = dry_run(cluster, None, "flux/kustomization.yaml");
     let kinds: Vec<&str> = flux.iter().map(|o| o["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["GitRepository", "Kustomization"]);
     let ignore = flux[0]["spec"]["ignore"].as_str().unwrap();
@@ -879,23 +796,7 @@ fn gitdeployment_names(cluster: &Cluster, files: &[&str]) -> BTreeSet<String> {
     for file in files {
         let path = example_path(file);
         assert!(path.is_file(), "{} does not exist", path.display());
-        let out = cluster
-            .kubectl([
-                "-n",
-                ns.name(),
-                "apply",
-                "--dry-run=server",
-                "-o",
-                "json",
-                "-f",
-                path.to_str().unwrap(),
-            ])
-            .expect_success();
-        let v: Value = serde_json::from_str(&out).unwrap();
-        let items = match v["kind"].as_str() {
-            Some("List") => v["items"].as_array().unwrap().clone(),
-            _ => vec![v],
-        };
+        let items = dry_run(cluster, Some(ns.name()), file);
         names.extend(
             items
                 .iter()

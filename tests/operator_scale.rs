@@ -5,17 +5,22 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::cluster;
-use common::stack::{Operator, Sim, eventually};
+use common::stack::eventually;
+use common::world::World;
+
+impl World {
+    /// `field` (a JSONPath below an item) of every gitdeployment of the namespace, a line each.
+    fn each_gitdeployment(&self, field: &str) -> String {
+        let jsonpath = format!("jsonpath={{range .items[*]}}{field}{{\"\\n\"}}{{end}}");
+        self.kubectl(&["get", "gitdeployments", "-o", &jsonpath])
+            .stdout
+    }
+}
 
 #[test]
 fn a_hundred_objects_on_a_starter_token_all_become_ready_without_unhandled_429s() {
     const N: usize = 100;
-    let cluster = cluster();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let ns = rt.block_on(cluster.namespace("scale-starter"));
-    let sim = Sim::start(0.5);
-    let op = Operator::start(cluster, &sim.api_url(), &ns, &[]);
+    let w = World::with_operator("scale-starter", 0.5);
     let mut manifest = String::from(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: gitdev-credentials\nstringData:\n  token: sk_test_starter\n",
     );
@@ -25,22 +30,11 @@ fn a_hundred_objects_on_a_starter_token_all_become_ready_without_unhandled_429s(
         ));
     }
     let started = Instant::now();
-    cluster
-        .kubectl_with_stdin(["-n", &ns, "apply", "-f", "-"], &manifest)
-        .expect_success();
+    w.apply(&manifest).expect_success();
     // From the moment they exist, no object may read as Current to kstatus/Flux: each carries
     // the schema's default `observedGeneration: 0` until the operator writes its conditions
     // (on its first reconcile, which may wait for a worker while creates queue for budget).
-    let observed_generations = cluster
-        .kubectl([
-            "-n",
-            &ns,
-            "get",
-            "gitdeployments",
-            "-o",
-            "jsonpath={range .items[*]}{.status.observedGeneration}{\"\\n\"}{end}",
-        ])
-        .stdout;
+    let observed_generations = w.each_gitdeployment("{.status.observedGeneration}");
     assert_eq!(
         observed_generations
             .lines()
@@ -50,7 +44,7 @@ fn a_hundred_objects_on_a_starter_token_all_become_ready_without_unhandled_429s(
         "every object has status.observedGeneration from the start:\n{observed_generations}"
     );
     eventually(Duration::from_secs(240), "all creates", || {
-        (sim.deployments_of("main").len() == N).then_some(())
+        (w.sim.deployments_of("main").len() == N).then_some(())
     });
     println!(
         "all {N} creates accepted after {:.1}s",
@@ -58,27 +52,18 @@ fn a_hundred_objects_on_a_starter_token_all_become_ready_without_unhandled_429s(
     );
     // Floor: (100 - 20) creates at 100/min = 48 s, plus the deployment's own 1.5 s.
     eventually(Duration::from_secs(240), "all objects Ready", || {
-        let out = cluster
-            .kubectl([
-                "-n",
-                &ns,
-                "get",
-                "gitdeployments",
-                "-o",
-                "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-            ])
-            .stdout;
+        let out = w.each_gitdeployment("{.status.conditions[?(@.type==\"Ready\")].status}");
         (out.lines().filter(|l| *l == "True").count() == N).then_some(())
     });
     let elapsed = started.elapsed().as_secs_f64();
     let floor = (N as f64 - 20.0) * 60.0 / 100.0 + 1.5;
     assert_eq!(
-        sim.deployments_of("main").len(),
+        w.sim.deployments_of("main").len(),
         N,
         "exactly one deployment per object"
     );
 
-    let at_ready = sim.stats()["total"].as_u64().unwrap_or(0);
+    let at_ready = w.sim.stats()["total"].as_u64().unwrap_or(0);
     println!(
         "API requests per deployment when all were Ready: {:.2}",
         at_ready as f64 / N as f64
@@ -88,16 +73,7 @@ fn a_hundred_objects_on_a_starter_token_all_become_ready_without_unhandled_429s(
         Duration::from_secs(240),
         "completion details on every object",
         || {
-            let out = cluster
-                .kubectl([
-                    "-n",
-                    &ns,
-                    "get",
-                    "gitdeployments",
-                    "-o",
-                    "jsonpath={range .items[*]}{.status.completedAt}{\"\\n\"}{end}",
-                ])
-                .stdout;
+            let out = w.each_gitdeployment("{.status.completedAt}");
             (out.lines().filter(|l| !l.is_empty()).count() == N).then_some(())
         },
     );
@@ -105,7 +81,7 @@ fn a_hundred_objects_on_a_starter_token_all_become_ready_without_unhandled_429s(
         "completion details on every object after {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let stats = sim.stats();
+    let stats = w.sim.stats();
     let total = stats["total"].as_u64().unwrap_or(0);
     let rate_limited = stats["by_status"]["429"].as_u64().unwrap_or(0);
     println!(
@@ -121,8 +97,11 @@ fn a_hundred_objects_on_a_starter_token_all_become_ready_without_unhandled_429s(
         println!("  {route}: {n} ({:.2} per deployment)", n as f64 / N as f64);
     }
     println!("429 answers: {rate_limited}");
-    let writes = op.metric("gitdev_kubernetes_writes_total{kind=\"status\"}")
-        + op.metric("gitdev_kubernetes_writes_total{kind=\"state\"}");
+    let writes = w
+        .operator()
+        .metric("gitdev_kubernetes_writes_total{kind=\"status\"}")
+        + w.operator()
+            .metric("gitdev_kubernetes_writes_total{kind=\"state\"}");
     println!(
         "Kubernetes writes per deployment (status and state, finalizers not counted): {:.2}",
         writes / N as f64

@@ -6,69 +6,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Cluster, KubectlOutput, TestNamespace, cluster};
-use common::stack::{InNamespace, Operator, Sim, eventually, http};
+use common::stack::{eventually, http};
+use common::world::{WAIT, World, gitdeployment};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(60);
-
-struct World {
-    cluster: &'static Cluster,
-    ns: TestNamespace,
-    sim: Sim,
+/// A world whose operators, which each test starts itself, find a write token.
+fn world(prefix: &str, phase: f64) -> World {
+    let w = World::new(prefix, phase);
+    w.token_secret("sk_test_write");
+    w
 }
 
 impl World {
-    fn k(&self) -> InNamespace<'_> {
-        InNamespace {
-            cluster: self.cluster,
-            ns: &self.ns,
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> KubectlOutput {
-        self.k().kubectl(args)
-    }
-
-    fn apply(&self, manifest: &str) -> KubectlOutput {
-        self.k().apply(manifest)
-    }
-
-    fn get(&self, name: &str) -> Value {
-        self.k().get(name)
-    }
-
-    fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
-        self.k().condition(name, type_)
-    }
-
-    #[track_caller]
-    fn wait_for(&self, name: &str, type_: &str, reason: &str) -> String {
-        self.k().wait_for(name, type_, reason, WAIT)
-    }
-
-    fn events(&self, name: &str) -> String {
-        self.k().events(name)
-    }
-
-    fn new(prefix: &str, phase: f64) -> World {
-        let cluster = cluster();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let ns = rt.block_on(cluster.namespace(prefix));
-        let w = World {
-            cluster,
-            ns,
-            sim: Sim::start(phase),
-        };
-        w.apply("apiVersion: v1\nkind: Secret\nmetadata:\n  name: gitdev-credentials\nstringData:\n  token: sk_test_write\n")
-            .expect_success();
-        w
-    }
-
-    fn operator(&self, extra: &[&str]) -> Operator {
-        Operator::start(self.cluster, &self.sim.api_url(), &self.ns, extra)
-    }
-
     /// Waits until the object's remote deployment (`status.deploymentId`) is `id` and Ready.
     #[track_caller]
     fn wait_ready_with(&self, name: &str, not: Option<&str>) -> String {
@@ -103,20 +52,15 @@ impl World {
     }
 }
 
-fn object(name: &str, branch: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: git.dev/v1alpha1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  projectId: proj_8f3k29\n  branch: {branch}\n{extra}"
-    )
-}
-
 #[test]
 fn an_operator_killed_after_the_create_was_accepted_adopts_that_deployment_on_restart() {
-    let w = World::new("sem-crash", 0.5);
+    let w = world("sem-crash", 0.5);
     // The simulator commits the create, then holds the answer for 5 s: the window in which the
     // operator knows it sent a create but not what it made.
     w.faults(json!([{"route": "create", "latency_ms": 5000, "latency_when": "after", "count": 1}]));
-    let mut first = w.operator(&[]);
-    w.apply(&object("crash", "main", "")).expect_success();
+    let mut first = w.spawn_operator(&[]);
+    w.apply(&gitdeployment("crash", "main", ""))
+        .expect_success();
     eventually(WAIT, "the simulator to accept the create", || {
         (w.sim.deployments_of("main").len() == 1).then_some(())
     });
@@ -127,7 +71,7 @@ fn an_operator_killed_after_the_create_was_accepted_adopts_that_deployment_on_re
         "intent recorded, id not yet: {state}"
     );
 
-    let _second = w.operator(&[]);
+    let _second = w.spawn_operator(&[]);
     let id = w.wait_ready_with("crash", None);
     let remote = w.sim.deployments_of("main");
     assert_eq!(remote.len(), 1, "exactly one deployment: {remote:?}");
@@ -137,10 +81,11 @@ fn an_operator_killed_after_the_create_was_accepted_adopts_that_deployment_on_re
 
 #[test]
 fn a_create_answered_by_a_dropped_connection_is_found_and_adopted_not_repeated() {
-    let w = World::new("sem-drop", 0.5);
+    let w = world("sem-drop", 0.5);
     w.faults(json!([{"route": "create", "drop_rate": 1.0, "count": 1}]));
-    let _op = w.operator(&[]);
-    w.apply(&object("dropped", "main", "")).expect_success();
+    let _op = w.spawn_operator(&[]);
+    w.apply(&gitdeployment("dropped", "main", ""))
+        .expect_success();
     let id = w.wait_ready_with("dropped", None);
     let remote = w.sim.deployments_of("main");
     assert_eq!(remote.len(), 1, "{remote:?}");
@@ -149,28 +94,25 @@ fn a_create_answered_by_a_dropped_connection_is_found_and_adopted_not_repeated()
 
 #[test]
 fn a_create_answered_500_is_looked_for_and_then_made_once() {
-    let w = World::new("sem-500", 0.5);
+    let w = world("sem-500", 0.5);
     w.faults(json!([{"route": "create", "error_rate": 1.0, "count": 1}]));
-    let _op = w.operator(&[]);
-    w.apply(&object("five", "main", "")).expect_success();
+    let _op = w.spawn_operator(&[]);
+    w.apply(&gitdeployment("five", "main", "")).expect_success();
     w.wait_ready_with("five", None);
     assert_eq!(w.sim.deployments_of("main").len(), 1);
 }
 
 #[test]
 fn a_new_spec_while_building_cancels_the_old_deployment_and_keeps_it_in_history() {
-    let w = World::new("sem-supersede", 3.0);
-    let _op = w.operator(&[]);
-    w.apply(&object("web", "main", "  envVars:\n    V: \"1\"\n"))
+    let w = world("sem-supersede", 3.0);
+    let _op = w.spawn_operator(&[]);
+    w.apply(&gitdeployment("web", "main", "  envVars:\n    V: \"1\"\n"))
         .expect_success();
     eventually(WAIT, "building", || {
         (w.get("web")["status"]["status"] == "building").then_some(())
     });
-    let old = w.get("web")["status"]["deploymentId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    w.apply(&object("web", "main", "  envVars:\n    V: \"2\"\n"))
+    let old = w.deployment_id("web");
+    w.apply(&gitdeployment("web", "main", "  envVars:\n    V: \"2\"\n"))
         .expect_success();
     let new = w.wait_ready_with("web", Some(&old));
     let (_, remote_old) = w.sim.get("sk_test_write", &old);
@@ -184,11 +126,11 @@ fn a_new_spec_while_building_cancels_the_old_deployment_and_keeps_it_in_history(
 
 #[test]
 fn history_beyond_the_limit_is_deleted_remotely_oldest_first() {
-    let w = World::new("sem-history", 0.0);
-    let _op = w.operator(&[]);
+    let w = world("sem-history", 0.0);
+    let _op = w.spawn_operator(&[]);
     let mut ids = Vec::new();
     for n in 1..=3 {
-        w.apply(&object(
+        w.apply(&gitdeployment(
             "web",
             "main",
             &format!("  historyLimit: 1\n  redeploy: \"{n}\"\n"),
@@ -209,7 +151,7 @@ fn history_beyond_the_limit_is_deleted_remotely_oldest_first() {
 
 #[test]
 fn an_object_annotated_with_a_deployment_id_adopts_it_instead_of_creating() {
-    let w = World::new("sem-adopt", 0.0);
+    let w = world("sem-adopt", 0.0);
     let created: Value = http()
         .post(format!("{}/deployments", w.sim.api_url()))
         .bearer_auth("sk_test_write")
@@ -219,8 +161,8 @@ fn an_object_annotated_with_a_deployment_id_adopts_it_instead_of_creating() {
         .json()
         .unwrap();
     let id = created["id"].as_str().unwrap();
-    let _op = w.operator(&[]);
-    let manifest = object("adopted", "feature/login", "").replace(
+    let _op = w.spawn_operator(&[]);
+    let manifest = gitdeployment("adopted", "feature/login", "").replace(
         "metadata:\n  name: adopted\n",
         &format!("metadata:\n  name: adopted\n  annotations:\n    git.dev/deployment-id: {id}\n"),
     );
@@ -232,9 +174,9 @@ fn an_object_annotated_with_a_deployment_id_adopts_it_instead_of_creating() {
 
 #[test]
 fn a_lost_status_is_rebuilt_from_metadata_without_a_new_deployment() {
-    let w = World::new("sem-status-loss", 0.0);
-    let _op = w.operator(&[]);
-    w.apply(&object("web", "main", "")).expect_success();
+    let w = world("sem-status-loss", 0.0);
+    let _op = w.spawn_operator(&[]);
+    w.apply(&gitdeployment("web", "main", "")).expect_success();
     let id = w.wait_ready_with("web", None);
     // What a restore without status, or a status wipe, leaves.
     let wiped = w
@@ -264,15 +206,15 @@ fn a_lost_status_is_rebuilt_from_metadata_without_a_new_deployment() {
 
 #[test]
 fn rotating_an_env_from_secret_redeploys_once_and_stores_no_secret_value() {
-    let w = World::new("sem-envfrom", 0.0);
+    let w = world("sem-envfrom", 0.0);
     let secret = |v: &str| {
         format!(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-env\nstringData:\n  DATABASE_PASSWORD: {v}\n"
         )
     };
     w.apply(&secret("hunter2")).expect_success();
-    let _op = w.operator(&[]);
-    let m = object(
+    let _op = w.spawn_operator(&[]);
+    let m = gitdeployment(
         "web",
         "main",
         "  envFrom:\n    - secretRef:\n        name: app-env\n",
@@ -300,16 +242,13 @@ fn rotating_an_env_from_secret_redeploys_once_and_stores_no_secret_value() {
 
 #[test]
 fn a_deployment_cancelled_from_the_dashboard_is_reported_stalled() {
-    let w = World::new("sem-ext-cancel", 3.0);
-    let _op = w.operator(&[]);
-    w.apply(&object("web", "main", "")).expect_success();
+    let w = world("sem-ext-cancel", 3.0);
+    let _op = w.spawn_operator(&[]);
+    w.apply(&gitdeployment("web", "main", "")).expect_success();
     eventually(WAIT, "building", || {
         (w.get("web")["status"]["status"] == "building").then_some(())
     });
-    let id = w.get("web")["status"]["deploymentId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = w.deployment_id("web");
     assert_eq!(
         w.sim
             .hook("POST", &format!("/_sim/deployments/{id}/cancel"), None),
@@ -325,9 +264,9 @@ fn a_deployment_cancelled_from_the_dashboard_is_reported_stalled() {
 
 #[test]
 fn a_deployment_deleted_behind_the_operators_back_is_reported_and_its_url_dropped() {
-    let w = World::new("sem-ext-delete", 0.0);
-    let _op = w.operator(&["--recheck-finished-seconds", "2"]);
-    w.apply(&object("web", "main", "")).expect_success();
+    let w = world("sem-ext-delete", 0.0);
+    let _op = w.spawn_operator(&["--recheck-finished-seconds", "2"]);
+    w.apply(&gitdeployment("web", "main", "")).expect_success();
     let id = w.wait_ready_with("web", None);
     assert_eq!(
         w.sim
@@ -342,16 +281,16 @@ fn a_deployment_deleted_behind_the_operators_back_is_reported_and_its_url_droppe
         "a deleted deployment's URL must not be claimed: {status}"
     );
     // A new redeploy value brings it back.
-    w.apply(&object("web", "main", "  redeploy: again\n"))
+    w.apply(&gitdeployment("web", "main", "  redeploy: again\n"))
         .expect_success();
     w.wait_ready_with("web", Some(&id));
 }
 
 #[test]
 fn a_deletion_whose_token_secret_is_gone_says_why_then_orphans_after_the_grace_period() {
-    let w = World::new("sem-cred-loss", 0.0);
-    let _op = w.operator(&[]);
-    w.apply(&object("web", "main", "")).expect_success();
+    let w = world("sem-cred-loss", 0.0);
+    let _op = w.spawn_operator(&[]);
+    w.apply(&gitdeployment("web", "main", "")).expect_success();
     let id = w.wait_ready_with("web", None);
     // As when a namespace is deleted: the Secret goes first.
     w.kubectl(&["delete", "secret", "gitdev-credentials"])
@@ -366,18 +305,7 @@ fn a_deletion_whose_token_secret_is_gone_says_why_then_orphans_after_the_grace_p
     assert!(message.contains("orphaned after 20s"), "{message}");
     // The test operator's grace is 20 s: then the object goes, with a Warning naming what is left.
     eventually(Duration::from_secs(60), "the object to be gone", || {
-        w.kubectl(&[
-            "get",
-            "gitdeployment",
-            "web",
-            "--ignore-not-found",
-            "-o",
-            "name",
-        ])
-        .stdout
-        .trim()
-        .is_empty()
-        .then_some(())
+        w.lookup("web").stdout.trim().is_empty().then_some(())
     });
     let events = w.events("web");
     assert!(

@@ -1,12 +1,16 @@
 //! Helpers shared by the integration tests (`mod common;` in a test file).
 //!
 //! Every test binary compiles this module on its own and uses only part of it, hence the
-//! `allow(dead_code)`. Nothing here depends on the operator's own types: it is about getting a
-//! real Kubernetes API server to test against. See docs/control-plane.md.
+//! `allow(dead_code)`. Nothing here depends on the operator's own types: `cluster` gets a real
+//! Kubernetes API server to test against (docs/control-plane.md), `stack` runs the product's
+//! binaries, `world` gives one end-to-end test its namespace, simulator and operator, and
+//! `replicas` two leader-elected operators.
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod replicas;
 pub mod stack;
+pub mod world;
 
 #[allow(unused_imports)] // each test binary uses some of these
 pub use cluster::{Cluster, Kubectl, KubectlOutput, LocalControlPlane, TestNamespace, cluster};

@@ -11,6 +11,7 @@
 //! - `status`: pure; the status to mirror.
 //! - `state`: what the operator remembers on the object (`git.dev/state`).
 //! - `context`: configuration fixed at start, and the coordination between reconciles.
+//! - `fence`: API writes only while this replica holds the leader Lease.
 //! - `error`: the errors of a reconcile, by step.
 //!
 //! `docs/architecture.md` draws the same pipeline and says which files do IO.
@@ -20,6 +21,7 @@ pub mod context;
 pub mod decision;
 pub mod desired;
 mod error;
+pub mod fence;
 pub mod observe;
 pub mod reconcile;
 mod recover;

@@ -12,6 +12,7 @@
 mod create;
 mod deletion;
 mod errors;
+mod fencing;
 mod lost_create;
 mod observation;
 mod spec_changes;

@@ -1,0 +1,99 @@
+//! Fencing: a replica writes to the Deployments API (create, cancel, delete) only while it
+//! holds the leader Lease, checked at the moment of each write, so that a replica that was
+//! frozen or cut off and woke up after losing the Lease cannot act next to the new leader.
+//!
+//! `Fenced` wraps any `DeploymentsApi`: reads pass through, writes are refused with a
+//! transport error that says nothing was sent (a create refused this way leaves no intent
+//! behind: nothing can have been made).
+
+use std::future::Future;
+
+use tokio::sync::watch;
+
+use crate::api::{
+    ApiError, ApiToken, CancelledDeployment, CreateDeploymentRequest, CreatedDeployment,
+    DeploymentDetails, DeploymentList, DeploymentsApi, Endpoint, ListQuery,
+};
+
+/// Whether this replica may write now.
+#[derive(Clone, Debug)]
+pub struct Fence(Option<watch::Receiver<bool>>);
+
+impl Fence {
+    /// No leader election: the only replica always may.
+    pub fn open() -> Self {
+        Fence(None)
+    }
+
+    /// Follows the leadership of this replica: `true` while it holds the Lease and its last
+    /// renewal is recent enough that no other replica can have taken it.
+    pub fn following(leading: watch::Receiver<bool>) -> Self {
+        Fence(Some(leading))
+    }
+
+    pub fn holds(&self) -> bool {
+        self.0.as_ref().is_none_or(|leading| *leading.borrow())
+    }
+
+    fn check(&self, endpoint: Endpoint) -> Result<(), ApiError> {
+        if self.holds() {
+            Ok(())
+        } else {
+            Err(ApiError::Transport {
+                endpoint,
+                message: "not sent: this replica does not hold the leader Lease".into(),
+            })
+        }
+    }
+}
+
+/// A `DeploymentsApi` whose writes pass only while the fence holds.
+pub struct Fenced<A> {
+    pub inner: A,
+    pub fence: Fence,
+}
+
+impl<A: DeploymentsApi> DeploymentsApi for Fenced<A> {
+    async fn create(
+        &self,
+        token: &ApiToken,
+        request: &CreateDeploymentRequest,
+    ) -> Result<CreatedDeployment, ApiError> {
+        self.fence.check(Endpoint::Create)?;
+        self.inner.create(token, request).await
+    }
+
+    fn list(
+        &self,
+        token: &ApiToken,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<DeploymentList, ApiError>> + Send {
+        self.inner.list(token, query)
+    }
+
+    fn get(
+        &self,
+        token: &ApiToken,
+        id: &str,
+    ) -> impl Future<Output = Result<DeploymentDetails, ApiError>> + Send {
+        self.inner.get(token, id)
+    }
+
+    async fn cancel(&self, token: &ApiToken, id: &str) -> Result<CancelledDeployment, ApiError> {
+        self.fence.check(Endpoint::Cancel)?;
+        self.inner.cancel(token, id).await
+    }
+
+    async fn delete(&self, token: &ApiToken, id: &str) -> Result<(), ApiError> {
+        self.fence.check(Endpoint::Delete)?;
+        self.inner.delete(token, id).await
+    }
+
+    fn logs(
+        &self,
+        token: &ApiToken,
+        id: &str,
+    ) -> impl Future<Output = Result<String, ApiError>> + Send {
+        self.inner.logs(token, id)
+    }
+}

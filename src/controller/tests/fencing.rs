@@ -1,0 +1,48 @@
+//! Fencing: API writes pass only while this replica holds the leader Lease.
+
+use super::support::*;
+use crate::controller::fence::{Fence, Fenced};
+
+fn create_request() -> CreateDeploymentRequest {
+    CreateDeploymentRequest {
+        project_id: PROJECT.into(),
+        branch: "main".into(),
+        commit_sha: None,
+        env_vars: None,
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_the_lease_sends_no_write_but_still_reads() {
+    let (leading, follows) = tokio::sync::watch::channel(true);
+    let api = Fenced {
+        inner: FakeApi::new(Timeline::default()),
+        fence: Fence::following(follows),
+    };
+    let token = ApiToken::new(TOKEN);
+    let id = api.create(&token, &create_request()).await.unwrap().id;
+
+    leading.send(false).unwrap();
+    let refused = [
+        api.create(&token, &create_request()).await.map(|_| ()),
+        api.cancel(&token, &id).await.map(|_| ()),
+        api.delete(&token, &id).await,
+    ];
+    for answer in refused {
+        let err = answer.expect_err("no write without the Lease");
+        assert!(err.to_string().contains("leader Lease"), "{err}");
+        // Nothing was sent: transient, never an unknown create outcome.
+        assert_eq!(err.class(), crate::api::ErrorClass::Transient);
+    }
+    assert_eq!(api.inner.take_calls(), ["create"]);
+    assert!(api.get(&token, &id).await.is_ok());
+    assert!(api.list(&token, &ListQuery::default()).await.is_ok());
+
+    leading.send(true).unwrap();
+    assert!(api.cancel(&token, &id).await.is_ok());
+}
+
+#[test]
+fn without_leader_election_the_fence_is_always_open() {
+    assert!(Fence::open().holds());
+}

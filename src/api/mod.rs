@@ -2,7 +2,12 @@
 //!
 //! The reconciler talks to the API only through [`DeploymentsApi`], so that it can be tested
 //! against a fake without HTTP.
+//!
+//! * `client`: sending, rate budget waits and retries over HTTP;
+//! * `classify`: what an answer means (success, retry, 429, unknown outcome, final error);
+//! * `ratelimit`: the process-wide budget of each token; `types`, `error`: wire and error types.
 
+mod classify;
 pub mod client;
 pub mod error;
 pub mod ratelimit;
@@ -61,7 +66,8 @@ impl Endpoint {
         }
     }
 
-    /// Safe to repeat: the server state after two calls equals the state after one.
+    /// Safe to repeat: the server state after two calls equals the state after one. Decides
+    /// whether a call that may have reached the server is sent again after a fault.
     pub fn is_idempotent(self) -> bool {
         !matches!(self, Self::Create)
     }

@@ -13,12 +13,10 @@
 //!   ([`super::ratelimit`]); a 429 that still arrives pauses the token and the call is sent
 //!   again once the pause is over.
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use futures::Stream;
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -28,15 +26,12 @@ use super::classify::{self, TransportFailure, Verdict};
 use super::ratelimit::{Budget, BudgetSnapshot, RateLimitHeaders, RateLimiter};
 use super::types::{
     CancelledDeployment, CreateDeploymentRequest, CreatedDeployment, DeploymentDetails,
-    DeploymentList, DeploymentStatus, DeploymentSummary, ListQuery,
+    DeploymentList, ListQuery,
 };
 use super::{ApiError, ApiToken, DeploymentsApi, Endpoint};
 
 /// Production base URL of the API.
 pub const DEFAULT_BASE_URL: &str = "https://api.git.dev/v1";
-
-/// Page size of [`HttpClient::list_all`]: the API's maximum.
-pub const LIST_ALL_PAGE_SIZE: u32 = 100;
 
 /// Told about every HTTP attempt (retries included) and every wait for rate budget, e.g. to
 /// feed metrics. Must be cheap: it is called on the request path.
@@ -270,68 +265,6 @@ impl HttpClient {
 
     fn budget_of(&self, token: &ApiToken) -> Arc<Budget> {
         self.inner.limiter.budget(&self.inner.scope, token)
-    }
-
-    /// Every deployment of the token's project (optionally of one status), newest first,
-    /// fetched in pages of 100 until `meta.total` rows were seen or a page comes back empty.
-    /// Rows seen twice (new deployments shift offsets while paging) are yielded once. The
-    /// stream ends after the first error.
-    pub fn list_all(
-        &self,
-        token: &ApiToken,
-        status: Option<DeploymentStatus>,
-    ) -> impl Stream<Item = Result<DeploymentSummary, ApiError>> + Send + 'static {
-        struct State {
-            client: HttpClient,
-            token: ApiToken,
-            status: Option<DeploymentStatus>,
-            offset: u64,
-            buffer: VecDeque<DeploymentSummary>,
-            seen: HashSet<String>,
-            done: bool,
-        }
-        let state = State {
-            client: self.clone(),
-            token: token.clone(),
-            status,
-            offset: 0,
-            buffer: VecDeque::new(),
-            seen: HashSet::new(),
-            done: false,
-        };
-        futures::stream::unfold(state, |mut st| async move {
-            loop {
-                if let Some(row) = st.buffer.pop_front() {
-                    return Some((Ok(row), st));
-                }
-                if st.done {
-                    return None;
-                }
-                let query = ListQuery {
-                    limit: Some(LIST_ALL_PAGE_SIZE),
-                    offset: Some(st.offset),
-                    status: st.status,
-                };
-                match st.client.list(&st.token, &query).await {
-                    Err(e) => {
-                        st.done = true;
-                        return Some((Err(e), st));
-                    }
-                    Ok(page) => {
-                        let n = page.data.len() as u64;
-                        st.offset += n;
-                        if n == 0 || st.offset >= page.meta.total {
-                            st.done = true;
-                        }
-                        for row in page.data {
-                            if st.seen.insert(row.id.clone()) {
-                                st.buffer.push_back(row);
-                            }
-                        }
-                    }
-                }
-            }
-        })
     }
 
     fn url(&self, segments: &[&str]) -> Url {

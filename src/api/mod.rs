@@ -5,11 +5,13 @@
 //!
 //! * `client`: sending, rate budget waits and retries over HTTP;
 //! * `classify`: what an answer means (success, retry, 429, unknown outcome, final error);
+//! * `pages`: reading a listing page by page, for any [`DeploymentsApi`];
 //! * `ratelimit`: the process-wide budget of each token; `types`, `error`: wire and error types.
 
 mod classify;
 pub mod client;
 pub mod error;
+pub mod pages;
 pub mod ratelimit;
 pub mod types;
 
@@ -18,6 +20,7 @@ use std::future::Future;
 
 pub use client::{ApiObserver, ClientConfig, HttpClient, RetryPolicy};
 pub use error::{ApiError, ErrorClass};
+pub use pages::{list_newest_back_to, list_status_back_to};
 pub use ratelimit::{BudgetSnapshot, RateLimiter};
 pub use types::*;
 

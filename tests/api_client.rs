@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use gitdev::api::{
     ApiError, ApiObserver, ApiToken, ClientConfig, CreateDeploymentRequest, DeploymentStatus,
-    DeploymentsApi, Endpoint, ErrorClass, HttpClient, ListQuery, RetryPolicy, list_newest_back_to,
-    list_status_back_to,
+    DeploymentsApi, Endpoint, ErrorClass, HttpClient, ListQuery, RateLimiter, RetryPolicy,
+    list_newest_back_to, list_status_back_to,
 };
+use gitdev::metrics::Metrics;
 use gitdev::sim::{RunningSim, SimConfig};
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -1026,6 +1027,42 @@ async fn a_429_pauses_every_call_of_the_token_not_just_the_one_that_got_it() {
     );
     first.await.unwrap().unwrap();
     assert_eq!(seen(&stats(&sim).await, "GET /v1/deployments", "429"), 1);
+}
+
+#[tokio::test]
+async fn the_budget_gauges_show_each_tokens_plan_and_remaining_requests_by_fingerprint() {
+    let sim = start(Duration::ZERO).await;
+    // A registry of its own, so that only this test's tokens are in it.
+    let api = HttpClient::with_rate_limiter(config(&sim), Arc::new(RateLimiter::new())).unwrap();
+    let t = token(STARTER);
+    for _ in 0..5 {
+        api.list(&t, &ListQuery::default()).await.unwrap();
+    }
+    let metrics = Metrics::new();
+    let budgets = api.budgets();
+    metrics.set_budgets(&budgets);
+    let text = metrics.render();
+
+    let fingerprint = api.budget(&t).token_fingerprint;
+    let value = |name: &str| -> f64 {
+        let series = format!("gitdev_api_budget_{name}{{token=\"{fingerprint}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("limit"), 100.0, "the Starter plan, from the headers");
+    assert_eq!(value("burst"), 20.0);
+    let remaining = value("remaining");
+    assert_eq!(remaining, budgets[0].remaining);
+    // The server said 15 were left; a second of refill at 100/min adds less than two.
+    assert!((15.0..17.0).contains(&remaining), "{remaining}");
+    assert_eq!(budgets.len(), 1);
+    assert!(
+        !text.contains(STARTER),
+        "the token leaks into /metrics:\n{text}"
+    );
 }
 
 // ----- secrets -----

@@ -258,7 +258,8 @@ impl HttpClient {
         self.budget_of(token).snapshot()
     }
 
-    /// Every token's rate budget known to this client's registry (for a gauge).
+    /// Every token's rate budget known to this client's registry: what `/metrics` shows as the
+    /// `gitdev_api_budget_*` gauges (`Metrics::set_budgets`).
     pub fn budgets(&self) -> Vec<BudgetSnapshot> {
         self.inner.limiter.snapshots()
     }

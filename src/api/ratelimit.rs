@@ -258,7 +258,8 @@ pub struct Throttled {
     pub waited: Duration,
 }
 
-/// What a gauge shows about one token's budget.
+/// One token's budget as this process sees it now; `/metrics` shows `remaining`,
+/// `limit_per_minute` and `burst` as gauges labelled by `token_fingerprint`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BudgetSnapshot {
     /// [`Budget::fingerprint`]: a per-process HMAC of the token, never the token.

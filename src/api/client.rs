@@ -1,4 +1,4 @@
-//! The HTTP client of the git.dev Deployments API (`shared/spec/deployments-api.md`).
+//! The HTTP client of the git.dev Deployments API (contract: `docs/deployments-api.md`).
 //!
 //! [`HttpClient`] implements [`DeploymentsApi`] over reqwest (rustls with the ring provider):
 //! it sends, waits for rate budget and retries. What an answer means is decided by

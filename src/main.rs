@@ -133,6 +133,7 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
 
 async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
     h.metrics.set_budget_waiting(h.api.waiting());
+    h.metrics.set_budgets(&h.api.budgets());
     (
         [(
             header::CONTENT_TYPE,

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the operator, served as text on `/metrics`.
 
 use std::sync::Mutex;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,8 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::api::Endpoint;
 use crate::api::client::ApiObserver;
+use crate::api::{BudgetSnapshot, Endpoint};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CategoryLabels {
@@ -31,6 +31,12 @@ struct EndpointLabels {
     endpoint: String,
 }
 
+/// A token's budget, named by its fingerprint: never the token.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    token: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     kind: String,
@@ -46,6 +52,9 @@ pub struct Metrics {
     api_duration: Family<EndpointLabels, Histogram>,
     budget_wait: Family<EndpointLabels, Histogram>,
     budget_waiting: Gauge<i64, AtomicI64>,
+    budget_remaining: Family<TokenLabels, Gauge<f64, AtomicU64>>,
+    budget_limit: Family<TokenLabels, Gauge<i64, AtomicI64>>,
+    budget_burst: Family<TokenLabels, Gauge<i64, AtomicI64>>,
     kubernetes_writes: Family<WriteLabels, Counter>,
 }
 
@@ -110,6 +119,24 @@ impl Metrics {
             "Calls waiting for their token's rate budget right now",
             budget_waiting.clone(),
         );
+        let budget_remaining = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "api_budget_remaining",
+            "Requests this process estimates are left in the token's bucket on the server (at most its burst)",
+            budget_remaining.clone(),
+        );
+        let budget_limit = Family::<TokenLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "api_budget_limit",
+            "Requests per minute of the token's plan (X-RateLimit-Limit; the smallest plan until the first answer)",
+            budget_limit.clone(),
+        );
+        let budget_burst = Family::<TokenLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "api_budget_burst",
+            "Capacity of the token's bucket, inferred from its limit",
+            budget_burst.clone(),
+        );
         let kubernetes_writes = Family::<WriteLabels, Counter>::default();
         registry.register(
             "kubernetes_writes",
@@ -126,6 +153,9 @@ impl Metrics {
             api_duration,
             budget_wait,
             budget_waiting,
+            budget_remaining,
+            budget_limit,
+            budget_burst,
             kubernetes_writes,
         }
     }
@@ -158,6 +188,26 @@ impl Metrics {
 
     pub fn set_budget_waiting(&self, n: usize) {
         self.budget_waiting.set(n as i64);
+    }
+
+    /// Sets the per-token budget gauges from the rate limiter's snapshots (e.g.
+    /// `HttpClient::budgets()`), labelled by each token's fingerprint. Budgets live as long as
+    /// the process, so no label ever has to be removed.
+    pub fn set_budgets(&self, budgets: &[BudgetSnapshot]) {
+        for b in budgets {
+            let labels = TokenLabels {
+                token: b.token_fingerprint.clone(),
+            };
+            self.budget_remaining
+                .get_or_create(&labels)
+                .set(b.remaining);
+            self.budget_limit
+                .get_or_create(&labels)
+                .set(i64::from(b.limit_per_minute));
+            self.budget_burst
+                .get_or_create(&labels)
+                .set(i64::from(b.burst));
+        }
     }
 
     /// Prometheus text exposition.
@@ -202,6 +252,8 @@ impl ApiObserver for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ratelimit::RateLimitHeaders;
+    use crate::api::{ApiToken, Priority, RateLimiter};
 
     #[test]
     fn the_exposition_names_every_family_the_readme_documents() {
@@ -226,5 +278,48 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    /// The value of the sample `name{labels}` in an exposition.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn each_tokens_budget_is_a_gauge_labelled_by_its_fingerprint_and_never_by_the_token() {
+        let limiter = RateLimiter::new();
+        let token = ApiToken::new("sk_live_metrics_secret");
+        let budget = limiter.budget("http://api.test/v1", &token);
+        // One call answered by a Pro plan that has 150 requests left.
+        let permit = budget
+            .acquire(Priority::Observe, Duration::ZERO)
+            .await
+            .unwrap();
+        permit.answered(
+            &RateLimitHeaders {
+                limit: Some(1000),
+                remaining: Some(150),
+                reset: None,
+            },
+            None,
+        );
+        let m = Metrics::new();
+        let snapshots = limiter.snapshots();
+        m.set_budgets(&snapshots);
+        let text = m.render();
+        let fp = budget.fingerprint();
+        let series = |name: &str| format!("gitdev_api_budget_{name}{{token=\"{fp}\"}}");
+        assert_eq!(sample(&text, &series("limit")), Some(1000.0), "{text}");
+        assert_eq!(sample(&text, &series("burst")), Some(200.0), "{text}");
+        let remaining = sample(&text, &series("remaining")).unwrap();
+        assert_eq!(remaining, snapshots[0].remaining);
+        // 150 left, plus what refilled (1000/min) since the answer.
+        assert!((150.0..152.0).contains(&remaining), "{remaining}");
+        assert!(
+            text.contains("# TYPE gitdev_api_budget_remaining gauge"),
+            "{text}"
+        );
+        assert!(!text.contains("sk_live"), "{text}");
     }
 }

@@ -7,12 +7,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use gitdev::api::{
     ApiError, ApiObserver, ApiToken, ClientConfig, CreateDeploymentRequest, DeploymentStatus,
-    DeploymentsApi, Endpoint, ErrorClass, HttpClient, ListQuery, RetryPolicy,
+    DeploymentsApi, Endpoint, ErrorClass, HttpClient, ListQuery, RateLimiter, RetryPolicy,
+    list_newest_back_to, list_status_back_to,
 };
+use gitdev::metrics::Metrics;
 use gitdev::sim::{RunningSim, SimConfig};
+use jiff::Timestamp;
 use serde_json::{Value, json};
 
 const PROJECT: &str = "proj_8f3k29";
@@ -504,7 +506,7 @@ async fn cancel_of_a_finished_deployment_is_409_not_cancellable() {
 // ----- pagination -----
 
 #[tokio::test]
-async fn pages_follow_limit_and_offset_and_list_all_reads_every_page_once() {
+async fn pages_follow_limit_and_offset_and_a_full_listing_reads_every_page_once() {
     let sim = start(Duration::from_secs(60)).await;
     let api = client(&sim);
     let t = token(ADMIN);
@@ -551,13 +553,7 @@ async fn pages_follow_limit_and_offset_and_list_all_reads_every_page_once() {
         .unwrap();
     assert!(beyond.data.is_empty());
 
-    let all: Vec<_> = api
-        .list_all(&t, None)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let all = list_newest_back_to(&api, &t, Timestamp::MIN).await.unwrap();
     assert_eq!(all.len(), 230);
     let unique: HashSet<_> = all.iter().map(|d| d.id.clone()).collect();
     assert_eq!(unique, ids.iter().cloned().collect());
@@ -565,11 +561,10 @@ async fn pages_follow_limit_and_offset_and_list_all_reads_every_page_once() {
     let s = stats(&sim).await;
     assert_eq!(seen_total(&s, "GET /v1/deployments"), 2 + 1 + 3);
 
-    let cancelled: Vec<_> = api
-        .list_all(&t, Some(DeploymentStatus::Cancelled))
-        .map(|r| r.unwrap())
-        .collect()
-        .await;
+    let cancelled =
+        list_status_back_to(&api, &t, Some(DeploymentStatus::Cancelled), Timestamp::MIN)
+            .await
+            .unwrap();
     assert_eq!(cancelled.len(), 7);
     assert!(
         cancelled
@@ -596,21 +591,25 @@ async fn pages_follow_limit_and_offset_and_list_all_reads_every_page_once() {
 }
 
 #[tokio::test]
-async fn list_all_of_an_empty_project_ends_after_one_empty_page() {
+async fn a_full_listing_of_an_empty_project_ends_after_one_empty_page() {
     let sim = start(Duration::ZERO).await;
     let api = client(&sim);
-    let all: Vec<_> = api.list_all(&token(OTHER), None).collect().await;
+    let all = list_newest_back_to(&api, &token(OTHER), Timestamp::MIN)
+        .await
+        .unwrap();
     assert!(all.is_empty());
     assert_eq!(seen_total(&stats(&sim).await, "GET /v1/deployments"), 1);
 }
 
 #[tokio::test]
-async fn list_all_stops_at_the_first_error() {
+async fn a_listing_stops_at_the_first_error() {
     let sim = start(Duration::ZERO).await;
     let api = client(&sim);
-    let all: Vec<_> = api.list_all(&token("sk_test_nobody"), None).collect().await;
-    assert_eq!(all.len(), 1);
-    expect_status(all[0].as_ref().unwrap_err(), 401, "unauthorized");
+    let err = list_newest_back_to(&api, &token("sk_test_nobody"), Timestamp::MIN)
+        .await
+        .unwrap_err();
+    expect_status(&err, 401, "unauthorized");
+    assert_eq!(seen_total(&stats(&sim).await, "GET /v1/deployments"), 1);
 }
 
 // ----- retries -----
@@ -735,21 +734,16 @@ async fn a_create_whose_answer_is_lost_is_an_unknown_outcome_and_exists_exactly_
     assert_eq!(seen(&s, "POST /v1/deployments", "dropped"), 1);
     let all = sim_deployments(&sim).await;
     assert_eq!(all.len(), 1, "exactly one deployment: {all:?}");
-    // The caller can find it by branch and creation time.
-    let found: Vec<_> = api
-        .list_all(&token(WRITE), None)
-        .map(|r| r.unwrap())
-        .filter(|d| {
-            futures::future::ready(
-                d.branch == "main"
-                    && d.created_at
-                        >= started
-                            .checked_sub(jiff::SignedDuration::from_secs(1))
-                            .unwrap(),
-            )
-        })
-        .collect()
-        .await;
+    // The caller can find it by branch and creation time, listing back to when it sent it.
+    let since = started
+        .checked_sub(jiff::SignedDuration::from_secs(1))
+        .unwrap();
+    let found: Vec<_> = list_newest_back_to(&api, &token(WRITE), since)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.branch == "main" && d.created_at >= since)
+        .collect();
     assert_eq!(found.len(), 1);
 }
 
@@ -1033,6 +1027,42 @@ async fn a_429_pauses_every_call_of_the_token_not_just_the_one_that_got_it() {
     );
     first.await.unwrap().unwrap();
     assert_eq!(seen(&stats(&sim).await, "GET /v1/deployments", "429"), 1);
+}
+
+#[tokio::test]
+async fn the_budget_gauges_show_each_tokens_plan_and_remaining_requests_by_fingerprint() {
+    let sim = start(Duration::ZERO).await;
+    // A registry of its own, so that only this test's tokens are in it.
+    let api = HttpClient::with_rate_limiter(config(&sim), Arc::new(RateLimiter::new())).unwrap();
+    let t = token(STARTER);
+    for _ in 0..5 {
+        api.list(&t, &ListQuery::default()).await.unwrap();
+    }
+    let metrics = Metrics::new();
+    let budgets = api.budgets();
+    metrics.set_budgets(&budgets);
+    let text = metrics.render();
+
+    let fingerprint = api.budget(&t).token_fingerprint;
+    let value = |name: &str| -> f64 {
+        let series = format!("gitdev_api_budget_{name}{{token=\"{fingerprint}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("limit"), 100.0, "the Starter plan, from the headers");
+    assert_eq!(value("burst"), 20.0);
+    let remaining = value("remaining");
+    assert_eq!(remaining, budgets[0].remaining);
+    // The server said 15 were left; a second of refill at 100/min adds less than two.
+    assert!((15.0..17.0).contains(&remaining), "{remaining}");
+    assert_eq!(budgets.len(), 1);
+    assert!(
+        !text.contains(STARTER),
+        "the token leaks into /metrics:\n{text}"
+    );
 }
 
 // ----- secrets -----

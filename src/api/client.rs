@@ -1,8 +1,8 @@
-//! The HTTP client of the git.dev Deployments API (`shared/spec/deployments-api.md`).
+//! The HTTP client of the git.dev Deployments API (contract: `docs/deployments-api.md`).
 //!
-//! [`HttpClient`] implements [`DeploymentsApi`] over reqwest (rustls with the ring provider).
-//! Its behaviour on retries, ambiguous creates and rate limits is described for users in
-//! `docs/api-client.md`; in short:
+//! [`HttpClient`] implements [`DeploymentsApi`] over reqwest (rustls with the ring provider):
+//! it sends, waits for rate budget and retries. What an answer means is decided by
+//! `super::classify`. The behaviour is described for users in `docs/api-client.md`; in short:
 //!
 //! * safe calls (list, get, logs, cancel, delete) are retried on 500/502/503/504 and on
 //!   transport errors, with full-jitter exponential backoff, bounded in attempts and time;
@@ -13,33 +13,25 @@
 //!   ([`super::ratelimit`]); a 429 that still arrives pauses the token and the call is sent
 //!   again once the pause is over.
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use futures::Stream;
-use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use super::classify::{self, TransportFailure, Verdict};
 use super::ratelimit::{Budget, BudgetSnapshot, RateLimitHeaders, RateLimiter};
 use super::types::{
     CancelledDeployment, CreateDeploymentRequest, CreatedDeployment, DeploymentDetails,
-    DeploymentList, DeploymentStatus, DeploymentSummary, ErrorEnvelope, HEADER_RETRY_AFTER,
-    ListQuery,
+    DeploymentList, ListQuery,
 };
 use super::{ApiError, ApiToken, DeploymentsApi, Endpoint};
 
 /// Production base URL of the API.
 pub const DEFAULT_BASE_URL: &str = "https://api.git.dev/v1";
-
-/// Page size of [`HttpClient::list_all`]: the API's maximum.
-pub const LIST_ALL_PAGE_SIZE: u32 = 100;
-
-/// Longest excerpt of a non-JSON error body kept in [`ApiError::Status`]'s message.
-const BODY_EXCERPT_CHARS: usize = 200;
 
 /// Told about every HTTP attempt (retries included) and every wait for rate budget, e.g. to
 /// feed metrics. Must be cheap: it is called on the request path.
@@ -89,14 +81,6 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Never retry a failed attempt (429s are still waited out).
-    pub fn no_retries() -> Self {
-        Self {
-            max_attempts: 1,
-            ..Self::default()
-        }
-    }
-
     /// The ceiling of the backoff before retry number `retry` (1 = first retry):
     /// `min(max_backoff, base_backoff * 2^(retry-1))`.
     pub fn backoff_ceiling(&self, retry: u32) -> Duration {
@@ -211,28 +195,6 @@ impl fmt::Debug for HttpClient {
     }
 }
 
-/// What one attempt produced, before retry decisions.
-enum Attempt {
-    Answered {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Result<Vec<u8>, reqwest::Error>,
-    },
-    Failed(reqwest::Error),
-}
-
-/// What to do after an attempt.
-enum Next {
-    Done(Result<(StatusCode, Vec<u8>), ApiError>),
-    /// A transient failure of a safe call (or a create that provably sent nothing).
-    Retry {
-        error: ApiError,
-        not_before: Option<Duration>,
-    },
-    /// A 429: the token is paused; send again once the budget admits it.
-    RateLimited(ApiError),
-}
-
 impl HttpClient {
     /// A client sharing the process-wide rate budgets.
     pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
@@ -296,75 +258,14 @@ impl HttpClient {
         self.budget_of(token).snapshot()
     }
 
-    /// Every token's rate budget known to this client's registry (for a gauge).
+    /// Every token's rate budget known to this client's registry: what `/metrics` shows as the
+    /// `gitdev_api_budget_*` gauges (`Metrics::set_budgets`).
     pub fn budgets(&self) -> Vec<BudgetSnapshot> {
         self.inner.limiter.snapshots()
     }
 
     fn budget_of(&self, token: &ApiToken) -> Arc<Budget> {
         self.inner.limiter.budget(&self.inner.scope, token)
-    }
-
-    /// Every deployment of the token's project (optionally of one status), newest first,
-    /// fetched in pages of 100 until `meta.total` rows were seen or a page comes back empty.
-    /// Rows seen twice (new deployments shift offsets while paging) are yielded once. The
-    /// stream ends after the first error.
-    pub fn list_all(
-        &self,
-        token: &ApiToken,
-        status: Option<DeploymentStatus>,
-    ) -> impl Stream<Item = Result<DeploymentSummary, ApiError>> + Send + 'static {
-        struct State {
-            client: HttpClient,
-            token: ApiToken,
-            status: Option<DeploymentStatus>,
-            offset: u64,
-            buffer: VecDeque<DeploymentSummary>,
-            seen: HashSet<String>,
-            done: bool,
-        }
-        let state = State {
-            client: self.clone(),
-            token: token.clone(),
-            status,
-            offset: 0,
-            buffer: VecDeque::new(),
-            seen: HashSet::new(),
-            done: false,
-        };
-        futures::stream::unfold(state, |mut st| async move {
-            loop {
-                if let Some(row) = st.buffer.pop_front() {
-                    return Some((Ok(row), st));
-                }
-                if st.done {
-                    return None;
-                }
-                let query = ListQuery {
-                    limit: Some(LIST_ALL_PAGE_SIZE),
-                    offset: Some(st.offset),
-                    status: st.status,
-                };
-                match st.client.list(&st.token, &query).await {
-                    Err(e) => {
-                        st.done = true;
-                        return Some((Err(e), st));
-                    }
-                    Ok(page) => {
-                        let n = page.data.len() as u64;
-                        st.offset += n;
-                        if n == 0 || st.offset >= page.meta.total {
-                            st.done = true;
-                        }
-                        for row in page.data {
-                            if st.seen.insert(row.id.clone()) {
-                                st.buffer.push_back(row);
-                            }
-                        }
-                    }
-                }
-            }
-        })
     }
 
     fn url(&self, segments: &[&str]) -> Url {
@@ -465,44 +366,31 @@ impl HttpClient {
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(b.clone());
             }
-            let outcome = match request.send().await {
+            let verdict = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();
-                    let body = response.bytes().await.map(|b| b.to_vec());
-                    Attempt::Answered {
-                        status,
-                        headers,
-                        body,
-                    }
+                    let body = response
+                        .bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .map_err(|e| error_chain(&e));
+                    let verdict =
+                        classify::answer(endpoint, status, &headers, body, jiff::Timestamp::now());
+                    // Every answer, errors included, re-syncs the budget; a 429 pauses it.
+                    permit.answered(
+                        &RateLimitHeaders::from_headers(&headers),
+                        verdict.rate_limit_pause(),
+                    );
+                    verdict
                 }
-                Err(e) => Attempt::Failed(e),
-            };
-            let next = match outcome {
-                Attempt::Answered {
-                    status,
-                    headers,
-                    body,
-                } => {
-                    let limits = RateLimitHeaders::from_headers(&headers);
-                    let retry_after = retry_after(&headers);
-                    let pause = (status == StatusCode::TOO_MANY_REQUESTS)
-                        .then(|| retry_after.unwrap_or(Duration::from_secs(1)));
-                    permit.answered(&limits, pause);
-                    classify_answer(endpoint, status, &headers, retry_after, body)
-                }
-                Attempt::Failed(e) => {
+                Err(e) => {
                     drop(permit);
-                    classify_failure(endpoint, e)
+                    classify::transport_failure(endpoint, transport_failure(&e), error_chain(&e))
                 }
             };
             let elapsed = attempt_started.elapsed();
-            let (label, status) = match &next {
-                Next::Done(Ok((s, _))) => ("success", Some(s.as_u16())),
-                Next::Done(Err(e)) | Next::Retry { error: e, .. } | Next::RateLimited(e) => {
-                    (e.category(), e.status())
-                }
-            };
+            let (label, status) = verdict.outcome();
             self.notify_attempt(endpoint, label, status, elapsed);
             tracing::debug!(
                 endpoint = endpoint.as_str(),
@@ -513,16 +401,17 @@ impl HttpClient {
                 elapsed_ms = elapsed.as_millis() as u64,
                 "API attempt finished"
             );
-            match next {
-                Next::Done(result) => return result,
-                Next::RateLimited(error) => {
+            match verdict {
+                Verdict::Success { status, body } => return Ok((status, body)),
+                Verdict::OutcomeUnknown(error) | Verdict::Fail(error) => return Err(error),
+                Verdict::RateLimited { error, .. } => {
                     rate_limited += 1;
                     if rate_limited > policy.max_rate_limited {
                         return Err(error);
                     }
                     // The budget is paused until Retry-After; `acquire` waits it out.
                 }
-                Next::Retry { error, not_before } => {
+                Verdict::Retry { error, not_before } => {
                     failures += 1;
                     if failures >= policy.max_attempts {
                         return Err(error);
@@ -554,149 +443,24 @@ impl HttpClient {
         method: Method,
         url: Url,
         query: Option<&ListQuery>,
+        body: Option<Vec<u8>>,
     ) -> Result<T, ApiError> {
         let (status, body) = self
-            .execute(endpoint, token, method, url, query, None)
+            .execute(endpoint, token, method, url, query, body)
             .await?;
-        decode(endpoint, status, &body)
+        classify::decode(endpoint, status, &body)
     }
 }
 
-fn decode<T: DeserializeOwned>(
-    endpoint: Endpoint,
-    status: StatusCode,
-    body: &[u8],
-) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::Decode {
-        endpoint,
-        status: status.as_u16(),
-        message: e.to_string(),
-    })
-}
-
-/// Maps an answer to the next step.
-fn classify_answer(
-    endpoint: Endpoint,
-    status: StatusCode,
-    headers: &HeaderMap,
-    retry_after: Option<Duration>,
-    body: Result<Vec<u8>, reqwest::Error>,
-) -> Next {
-    if status.is_success() {
-        return match body {
-            Ok(body) => Next::Done(Ok((status, body))),
-            Err(e) if endpoint == Endpoint::Create => Next::Done(Err(ApiError::OutcomeUnknown {
-                message: format!(
-                    "HTTP {} answered but its body was lost: {}",
-                    status.as_u16(),
-                    error_chain(&e)
-                ),
-            })),
-            Err(e) => Next::Retry {
-                error: ApiError::Transport {
-                    endpoint,
-                    message: format!(
-                        "HTTP {} answered but its body was lost: {}",
-                        status.as_u16(),
-                        error_chain(&e)
-                    ),
-                },
-                not_before: None,
-            },
-        };
-    }
-    let body =
-        body.unwrap_or_else(|e| format!("(body unreadable: {})", error_chain(&e)).into_bytes());
-    let error = status_error(endpoint, status, headers, retry_after, &body);
-    match status.as_u16() {
-        429 => Next::RateLimited(error),
-        500 | 502 | 503 | 504 if endpoint == Endpoint::Create => {
-            // The API has no idempotency key and a 5xx does not say whether the deployment
-            // was made before the fault: the outcome is unknown.
-            Next::Done(Err(ApiError::OutcomeUnknown {
-                message: error.to_string(),
-            }))
-        }
-        500 | 502 | 503 | 504 => Next::Retry {
-            error,
-            not_before: retry_after,
-        },
-        _ => Next::Done(Err(error)),
-    }
-}
-
-/// Maps a failure without an answer to the next step.
-fn classify_failure(endpoint: Endpoint, e: reqwest::Error) -> Next {
-    let message = error_chain(&e);
+/// How a request that got no answer failed: only reqwest can tell whether anything was sent.
+fn transport_failure(e: &reqwest::Error) -> TransportFailure {
     if e.is_builder() {
-        return Next::Done(Err(ApiError::Config(message)));
-    }
-    if endpoint == Endpoint::Create && !e.is_connect() {
-        // Bytes may have reached the server (timeout, reset or close after sending).
-        return Next::Done(Err(ApiError::OutcomeUnknown { message }));
-    }
-    Next::Retry {
-        error: ApiError::Transport { endpoint, message },
-        not_before: None,
-    }
-}
-
-/// `ApiError::Status` from a non-2xx answer: the envelope's code, message and details, or
-/// `http_<status>` and an excerpt of whatever the body was.
-fn status_error(
-    endpoint: Endpoint,
-    status: StatusCode,
-    _headers: &HeaderMap,
-    retry_after: Option<Duration>,
-    body: &[u8],
-) -> ApiError {
-    let (code, message, details) = match serde_json::from_slice::<ErrorEnvelope>(body) {
-        Ok(env) => (env.error.code, env.error.message, env.error.details),
-        Err(_) => (
-            format!("http_{}", status.as_u16()),
-            excerpt(body, status),
-            Default::default(),
-        ),
-    };
-    ApiError::Status {
-        endpoint,
-        status: status.as_u16(),
-        code,
-        message,
-        details,
-        retry_after,
-    }
-}
-
-/// A short, single-line excerpt of a body for an error message.
-fn excerpt(body: &[u8], status: StatusCode) -> String {
-    let text = String::from_utf8_lossy(body);
-    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if collapsed.is_empty() {
-        return status
-            .canonical_reason()
-            .unwrap_or("(empty body)")
-            .to_owned();
-    }
-    if collapsed.chars().count() > BODY_EXCERPT_CHARS {
-        let cut: String = collapsed.chars().take(BODY_EXCERPT_CHARS).collect();
-        format!("{cut}…")
+        TransportFailure::Invalid
+    } else if e.is_connect() {
+        TransportFailure::NotSent
     } else {
-        collapsed
+        TransportFailure::MaybeSent
     }
-}
-
-/// `Retry-After` as whole seconds or as an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(HEADER_RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(value)
-        .ok()?;
-    let secs = (at.as_second() - jiff::Timestamp::now().as_second()).max(0);
-    Some(Duration::from_secs(secs as u64))
 }
 
 /// An error and its causes on one line (reqwest's own message hides the cause).
@@ -722,21 +486,17 @@ impl DeploymentsApi for HttpClient {
     ) -> Result<CreatedDeployment, ApiError> {
         let body = serde_json::to_vec(request)
             .map_err(|e| ApiError::Config(format!("create request: {e}")))?;
-        let (status, bytes) = self
-            .execute(
-                Endpoint::Create,
-                token,
-                Method::POST,
-                self.url(&["deployments"]),
-                None,
-                Some(body),
-            )
-            .await?;
-        // A 2xx to a create means the deployment exists: if its answer cannot be read, the
-        // caller must look for it, not create again.
-        decode(Endpoint::Create, status, &bytes).map_err(|e| ApiError::OutcomeUnknown {
-            message: e.to_string(),
-        })
+        // An unreadable 2xx to a create is an unknown outcome, not a decode error: see
+        // `classify::decode`.
+        self.call_json(
+            Endpoint::Create,
+            token,
+            Method::POST,
+            self.url(&["deployments"]),
+            None,
+            Some(body),
+        )
+        .await
     }
 
     async fn list(&self, token: &ApiToken, query: &ListQuery) -> Result<DeploymentList, ApiError> {
@@ -746,6 +506,7 @@ impl DeploymentsApi for HttpClient {
             Method::GET,
             self.url(&["deployments"]),
             Some(query),
+            None,
         )
         .await
     }
@@ -757,6 +518,7 @@ impl DeploymentsApi for HttpClient {
             Method::GET,
             self.url(&["deployments", id]),
             None,
+            None,
         )
         .await
     }
@@ -767,6 +529,7 @@ impl DeploymentsApi for HttpClient {
             token,
             Method::POST,
             self.url(&["deployments", id, "cancel"]),
+            None,
             None,
         )
         .await
@@ -843,96 +606,6 @@ mod tests {
         assert_eq!(p.backoff_ceiling(30), Duration::from_millis(1000));
         for _ in 0..100 {
             assert!(p.backoff(3) <= Duration::from_millis(400));
-        }
-    }
-
-    #[test]
-    fn a_non_envelope_error_body_becomes_http_status_and_an_excerpt() {
-        let long = format!("<html>\n  <body>{}</body></html>", "x".repeat(500));
-        let e = status_error(
-            Endpoint::Get,
-            StatusCode::BAD_GATEWAY,
-            &HeaderMap::new(),
-            None,
-            long.as_bytes(),
-        );
-        assert_eq!(e.code(), Some("http_502"));
-        let ApiError::Status { message, .. } = &e else {
-            panic!()
-        };
-        assert!(message.starts_with("<html> <body>xxx"), "{message}");
-        assert!(message.chars().count() <= BODY_EXCERPT_CHARS + 1);
-        let empty = status_error(
-            Endpoint::Get,
-            StatusCode::SERVICE_UNAVAILABLE,
-            &HeaderMap::new(),
-            None,
-            b"",
-        );
-        assert!(empty.to_string().contains("Service Unavailable"));
-    }
-
-    #[test]
-    fn an_envelope_error_body_keeps_code_message_and_details() {
-        let body = br#"{"error":{"code":"invalid_branch","message":"Branch 'x' does not exist","details":{"project_id":"proj_8f3k29"}},"extra":1}"#;
-        let e = status_error(
-            Endpoint::Create,
-            StatusCode::BAD_REQUEST,
-            &HeaderMap::new(),
-            None,
-            body,
-        );
-        let ApiError::Status {
-            status,
-            code,
-            details,
-            ..
-        } = &e
-        else {
-            panic!()
-        };
-        assert_eq!((*status, code.as_str()), (400, "invalid_branch"));
-        assert_eq!(details["project_id"], "proj_8f3k29");
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", "7".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        h.insert(
-            "retry-after",
-            "Thu, 01 Jan 1970 00:00:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(retry_after(&h), Some(Duration::ZERO));
-        h.insert("retry-after", "soon".parse().unwrap());
-        assert_eq!(retry_after(&h), None);
-    }
-
-    #[test]
-    fn a_5xx_to_a_create_is_an_unknown_outcome_but_a_5xx_to_a_get_is_retried() {
-        let h = HeaderMap::new();
-        let body = br#"{"error":{"code":"internal_error","message":"boom"}}"#.to_vec();
-        for s in [500, 502, 503, 504] {
-            let status = StatusCode::from_u16(s).unwrap();
-            match classify_answer(Endpoint::Create, status, &h, None, Ok(body.clone())) {
-                Next::Done(Err(e)) => assert_eq!(e.category(), "outcome_unknown"),
-                _ => panic!("{s}"),
-            }
-            assert!(matches!(
-                classify_answer(Endpoint::Get, status, &h, None, Ok(body.clone())),
-                Next::Retry { .. }
-            ));
-        }
-        match classify_answer(
-            Endpoint::Create,
-            StatusCode::BAD_REQUEST,
-            &h,
-            None,
-            Ok(body),
-        ) {
-            Next::Done(Err(e)) => assert_eq!(e.status(), Some(400)),
-            _ => panic!(),
         }
     }
 

@@ -69,7 +69,7 @@ impl ApiError {
                 retry_after,
                 ..
             } => ErrorClass::RateLimited {
-                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+                retry_after: retry_after.unwrap_or(super::classify::DEFAULT_RATE_LIMIT_PAUSE),
             },
             ApiError::Status { status, .. } if *status >= 500 || *status == 408 => {
                 ErrorClass::Transient

@@ -2,9 +2,16 @@
 //!
 //! The reconciler talks to the API only through [`DeploymentsApi`], so that it can be tested
 //! against a fake without HTTP.
+//!
+//! * `client`: sending, rate budget waits and retries over HTTP;
+//! * `classify`: what an answer means (success, retry, 429, unknown outcome, final error);
+//! * `pages`: reading a listing page by page, for any [`DeploymentsApi`];
+//! * `ratelimit`: the process-wide budget of each token; `types`, `error`: wire and error types.
 
+mod classify;
 pub mod client;
 pub mod error;
+pub mod pages;
 pub mod ratelimit;
 pub mod types;
 
@@ -13,6 +20,7 @@ use std::future::Future;
 
 pub use client::{ApiObserver, ClientConfig, HttpClient, RetryPolicy};
 pub use error::{ApiError, ErrorClass};
+pub use pages::{list_newest_back_to, list_status_back_to};
 pub use ratelimit::{BudgetSnapshot, RateLimiter};
 pub use types::*;
 
@@ -61,7 +69,8 @@ impl Endpoint {
         }
     }
 
-    /// Safe to repeat: the server state after two calls equals the state after one.
+    /// Safe to repeat: the server state after two calls equals the state after one. Decides
+    /// whether a call that may have reached the server is sent again after a fault.
     pub fn is_idempotent(self) -> bool {
         !matches!(self, Self::Create)
     }

@@ -18,18 +18,21 @@
 //! * a `429` that still arrives empties the bucket and pauses the whole token until
 //!   `Retry-After` has passed.
 //!
-//! Budgets are keyed by a keyed hash of (base URL, token): the token itself is never stored
-//! here nor logged; logs and metrics use [`Budget::fingerprint`], which is random per process.
+//! Budgets are keyed by an HMAC-SHA256 of (base URL, token) under a key drawn at random for each
+//! registry: the token itself is never stored here nor logged. Logs and the budget gauges on
+//! `/metrics` name a budget by [`Budget::fingerprint`], the first 16 hex digits of that HMAC:
+//! without the key, which never leaves the process, it says nothing about the token, not even
+//! whether a guessed token is the right one, and it differs from one process to the next.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
+use ring::hmac;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -255,10 +258,11 @@ pub struct Throttled {
     pub waited: Duration,
 }
 
-/// What a gauge shows about one token's budget.
+/// One token's budget as this process sees it now; `/metrics` shows `remaining`,
+/// `limit_per_minute` and `burst` as gauges labelled by `token_fingerprint`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BudgetSnapshot {
-    /// A per-process fingerprint of the token (never the token).
+    /// [`Budget::fingerprint`]: a per-process HMAC of the token, never the token.
     pub token_fingerprint: String,
     /// The base URL the token is used against.
     pub scope: String,
@@ -329,7 +333,8 @@ impl Budget {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A per-process fingerprint of the token, for logs and metric labels.
+    /// A short non-reversible name of the token (and base URL), for logs and metric labels;
+    /// see the module documentation.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
@@ -541,11 +546,29 @@ impl Drop for Permit {
     }
 }
 
+/// Hex digits of a fingerprint: 64 bits, plenty to tell a process's tokens apart.
+const FINGERPRINT_HEX_DIGITS: usize = 16;
+
+fn fingerprint(tag: &[u8]) -> String {
+    tag.iter()
+        .take(FINGERPRINT_HEX_DIGITS / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fresh HMAC key from the thread-local CSPRNG (seeded by the operating system).
+fn random_key() -> hmac::Key {
+    let mut key = [0u8; 32];
+    rand::fill(&mut key[..]);
+    hmac::Key::new(hmac::HMAC_SHA256, &key)
+}
+
 /// The registry of every token's budget. One per process ([`RateLimiter::global`]) so that all
 /// clients of a token share it; tests may make their own.
 pub struct RateLimiter {
-    budgets: Mutex<HashMap<u64, Arc<Budget>>>,
-    hasher: RandomState,
+    /// By the whole HMAC of (scope, token), so that two tokens never share a budget.
+    budgets: Mutex<HashMap<Vec<u8>, Arc<Budget>>>,
+    key: hmac::Key,
     waiting: Arc<AtomicUsize>,
     initial_limit: u32,
 }
@@ -574,7 +597,7 @@ impl RateLimiter {
     pub fn with_initial_limit(limit_per_minute: u32) -> Self {
         Self {
             budgets: Mutex::new(HashMap::new()),
-            hasher: RandomState::new(),
+            key: random_key(),
             waiting: Arc::new(AtomicUsize::new(0)),
             initial_limit: limit_per_minute.max(1),
         }
@@ -588,19 +611,29 @@ impl RateLimiter {
 
     /// The budget of `token` against the API at `scope` (its base URL).
     pub fn budget(&self, scope: &str, token: &ApiToken) -> Arc<Budget> {
-        let key = self.hasher.hash_one((scope, token.expose()));
+        let tag = self.tag(scope, token);
         let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
         budgets
-            .entry(key)
+            .entry(tag.as_ref().to_vec())
             .or_insert_with(|| {
                 Arc::new(Budget::new(
-                    format!("{key:016x}"),
+                    fingerprint(tag.as_ref()),
                     scope.to_owned(),
                     self.initial_limit,
                     self.waiting.clone(),
                 ))
             })
             .clone()
+    }
+
+    /// The HMAC of (scope, token); the scope's length comes first so that no other pair of
+    /// scope and token gives the same input.
+    fn tag(&self, scope: &str, token: &ApiToken) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(&u64::try_from(scope.len()).unwrap_or(u64::MAX).to_be_bytes());
+        ctx.update(scope.as_bytes());
+        ctx.update(token.expose().as_bytes());
+        ctx.sign()
     }
 
     /// Calls waiting for budget now, over all tokens.
@@ -909,6 +942,32 @@ mod tests {
             .await
             .unwrap();
         assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_fingerprint_is_sixteen_hex_digits_that_differ_by_token_scope_and_registry() {
+        let token = ApiToken::new("sk_test_secret_a");
+        let reg = RateLimiter::new();
+        let fp = reg.budget("http://x/v1", &token).fingerprint().to_owned();
+        assert_eq!(fp.len(), 16);
+        assert!(fp.chars().all(|c| c.is_ascii_hexdigit()), "{fp}");
+        assert_eq!(reg.budget("http://x/v1", &token).fingerprint(), fp);
+        let others = [
+            reg.budget("http://x/v1", &ApiToken::new("sk_test_secret_b")),
+            reg.budget("http://y/v1", &token),
+            RateLimiter::new().budget("http://x/v1", &token),
+        ];
+        for other in others {
+            assert_ne!(other.fingerprint(), fp);
+        }
+    }
+
+    #[test]
+    fn the_scope_and_token_are_not_confused_at_their_boundary() {
+        let reg = RateLimiter::new();
+        let a = reg.budget("http://x/v1", &ApiToken::new("ab"));
+        let b = reg.budget("http://x/v1a", &ApiToken::new("b"));
+        assert!(!Arc::ptr_eq(&a, &b));
     }
 
     #[tokio::test]

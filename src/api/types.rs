@@ -1,4 +1,4 @@
-//! Wire types of the git.dev Deployments API (`shared/spec/deployments-api.md`).
+//! Wire types of the git.dev Deployments API (contract: `docs/deployments-api.md`).
 //!
 //! Shared by the client and the simulator so that both sides agree on every field name.
 //! Unknown JSON fields are ignored on purpose: the API may add fields without breaking us.

@@ -86,7 +86,7 @@ impl RateLimitHeaders {
 /// The local mirror of one token's server-side bucket. Pure arithmetic: every method takes the
 /// current instant, so that it can be tested without clocks.
 #[derive(Clone, Debug)]
-pub(crate) struct Bucket {
+pub(crate) struct BucketMirror {
     limit: u32,
     capacity: f64,
     tokens: f64,
@@ -100,7 +100,7 @@ pub(crate) struct Bucket {
     reset_epoch: Option<i64>,
 }
 
-impl Bucket {
+impl BucketMirror {
     pub(crate) fn new(limit: u32, now: Instant) -> Self {
         let limit = limit.max(1);
         let capacity = f64::from(burst_for_limit(limit));
@@ -224,7 +224,7 @@ impl Bucket {
 type WaiterKey = (Reverse<Priority>, u64);
 
 struct BudgetState {
-    bucket: Bucket,
+    bucket: BucketMirror,
     queue: BTreeMap<WaiterKey, Arc<Notify>>,
     next_seq: u64,
 }
@@ -310,7 +310,7 @@ impl Budget {
             fingerprint,
             scope,
             state: Mutex::new(BudgetState {
-                bucket: Bucket::new(limit, Instant::now()),
+                bucket: BucketMirror::new(limit, Instant::now()),
                 queue: BTreeMap::new(),
                 next_seq: 0,
             }),
@@ -681,7 +681,7 @@ mod tests {
     #[test]
     fn a_fresh_bucket_admits_its_burst_then_refills_at_limit_over_sixty() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(100, t0);
+        let mut b = BucketMirror::new(100, t0);
         for _ in 0..20 {
             assert!(b.try_take(t0));
         }
@@ -699,7 +699,7 @@ mod tests {
     #[test]
     fn the_time_until_several_tokens_counts_the_missing_ones() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(600, t0); // 10 per second, burst 120
+        let mut b = BucketMirror::new(600, t0); // 10 per second, burst 120
         b.tokens = 2.0;
         assert_eq!(b.time_until(2.0, t0), Duration::ZERO);
         let w = b.time_until(5.0, t0).as_secs_f64();
@@ -709,7 +709,7 @@ mod tests {
     #[test]
     fn the_first_answer_teaches_the_plan_and_discounts_calls_still_in_flight() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(ASSUMED_LIMIT_PER_MINUTE, t0);
+        let mut b = BucketMirror::new(ASSUMED_LIMIT_PER_MINUTE, t0);
         for _ in 0..5 {
             assert!(b.try_take(t0));
         }
@@ -724,7 +724,7 @@ mod tests {
     #[test]
     fn later_answers_only_lower_the_estimate() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(100, t0);
+        let mut b = BucketMirror::new(100, t0);
         b.sync(&headers(100, 20), t0, 0);
         assert!(b.try_take(t0));
         b.finished();
@@ -740,7 +740,7 @@ mod tests {
     #[test]
     fn a_changed_limit_resets_the_bucket_to_the_servers_figure() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(100, t0);
+        let mut b = BucketMirror::new(100, t0);
         b.sync(&headers(100, 3), t0, 0);
         b.sync(&headers(10_000, 1500), t0, 0);
         assert_eq!(b.capacity, 2000.0);
@@ -750,7 +750,7 @@ mod tests {
     #[test]
     fn without_remaining_the_reset_time_gives_the_estimate() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(100, t0);
+        let mut b = BucketMirror::new(100, t0);
         let h = RateLimitHeaders {
             limit: Some(100),
             remaining: None,
@@ -782,7 +782,7 @@ mod tests {
     #[test]
     fn a_429_pauses_the_bucket_then_admits_one_call() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(100, t0);
+        let mut b = BucketMirror::new(100, t0);
         b.rate_limited(secs(2.0), t0);
         assert_eq!(b.paused_for(t0), secs(2.0));
         assert!(!b.try_take(t0 + secs(1.9)));

@@ -17,8 +17,7 @@ use jiff::Timestamp;
 use super::decision::{self, Observed};
 use super::round::Round;
 use crate::api::{
-    ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentSummary, DeploymentsApi,
-    ListQuery,
+    ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentsApi, list_newest_back_to,
 };
 
 /// How long the details of a finished deployment (completion time, build duration) may wait
@@ -268,30 +267,4 @@ async fn list_back_to<A: DeploymentsApi>(
         rows.into_iter().map(|d| (d.id, d.status)).collect(),
         covered_since,
     ))
-}
-
-/// Every deployment of the token's project, newest first, page by page (100 a call) until a
-/// page reaches back before `oldest` or the list ends. The last page may hold older rows.
-pub async fn list_newest_back_to<A: DeploymentsApi>(
-    api: &A,
-    token: &ApiToken,
-    oldest: Timestamp,
-) -> Result<Vec<DeploymentSummary>, ApiError> {
-    let mut rows = Vec::new();
-    let mut offset = 0u64;
-    loop {
-        let query = ListQuery {
-            limit: Some(100),
-            offset: Some(offset),
-            status: None,
-        };
-        let page = api.list(token, &query).await?;
-        offset += page.data.len() as u64;
-        let reached = page.data.last().is_some_and(|d| d.created_at < oldest);
-        let exhausted = page.data.is_empty() || offset >= page.meta.total;
-        rows.extend(page.data);
-        if reached || exhausted {
-            return Ok(rows);
-        }
-    }
 }

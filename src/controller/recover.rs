@@ -10,10 +10,9 @@ use kube::ResourceExt;
 use super::Error;
 use super::decision::Health;
 use super::desired::Target;
-use super::observe::list_newest_back_to;
 use super::round::Round;
 use super::state::Intent;
-use crate::api::{ApiError, ApiToken, DeploymentsApi};
+use crate::api::{ApiError, ApiToken, DeploymentsApi, list_newest_back_to};
 use crate::resource::ANNOTATION_DEPLOYMENT_ID;
 
 /// How far before the recorded intent a deployment's `created_at` may be and still be ours:

@@ -54,10 +54,17 @@ struct Args {
     #[arg(long, env = "GITDEV_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 
-    /// Key of the spec fingerprints stored on objects (keep it stable: a new key makes every
-    /// object look changed). Without one, each object's UID keys its own fingerprint.
+    /// The operator's key (signs the state it writes on objects, keys the part of spec
+    /// fingerprints that covers Secret values), overriding the key Secret. A change of key
+    /// re-stamps objects; it never redeploys them.
     #[arg(long, env = "GITDEV_FINGERPRINT_KEY", hide_env_values = true)]
     fingerprint_key: Option<String>,
+
+    /// Secret in the operator's own namespace (`POD_NAMESPACE`) that holds its key under
+    /// data key `key`; created with a random key when missing. Needs get and create on
+    /// Secrets there.
+    #[arg(long, env = "GITDEV_KEY_SECRET", default_value = "gitdev-operator-key")]
+    key_secret: String,
 
     /// How long a deletion waits for usable credentials before orphaning the remote
     /// deployments (with a Warning event) so that the object can go.
@@ -216,12 +223,24 @@ async fn run(args: Args) -> Result<(), String> {
             .await;
     });
 
+    // The flag overrides the key Secret, for installs that manage the key themselves.
+    let key_bytes = match &args.fingerprint_key {
+        Some(key) => key.clone().into_bytes(),
+        None => {
+            controller::keys::load_or_create(
+                client.clone(),
+                &args.lease_namespace,
+                &args.key_secret,
+            )
+            .await?
+        }
+    };
     let reconciler = Config {
-        fingerprint_key: args.fingerprint_key.map(String::into_bytes),
+        legacy_fingerprint_keys: vec![key_bytes.clone()],
         cleanup_grace: Duration::from_secs(args.cleanup_grace_seconds),
         default_credentials: args.default_credentials_secret,
         existence_check: Duration::from_secs(args.recheck_finished_seconds.max(1)),
-        ..Config::default()
+        ..Config::new(controller::keys::Key::new(&key_bytes))
     };
     let options = RunOptions {
         namespace: args.namespace,

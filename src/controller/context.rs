@@ -11,6 +11,7 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
+use super::keys::Key;
 use super::observe::Observer;
 use super::state::State;
 use crate::api::{ApiToken, DeploymentsApi};
@@ -20,8 +21,12 @@ use crate::resource::{DEFAULT_CREDENTIALS_SECRET, GitDeployment};
 /// Settings of the reconciler, fixed at start (from the operator's flags).
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Key of the spec fingerprints (`--fingerprint-key`); without one, each object's UID.
-    pub fingerprint_key: Option<Vec<u8>>,
+    /// The operator's key: signs `git.dev/state`, keys fingerprints (see `keys`).
+    pub key: Key,
+    /// What may have keyed the fingerprints of versions before v2 (`--fingerprint-key`, the
+    /// chart's key Secret; each object's UID is always tried too), to recognise them once and
+    /// re-stamp them instead of redeploying.
+    pub legacy_fingerprint_keys: Vec<Vec<u8>>,
     /// Token Secret of objects that name none (`--default-credentials-secret`).
     pub default_credentials: String,
     /// How often a finished deployment is checked for existence (`--recheck-finished-seconds`).
@@ -32,10 +37,12 @@ pub struct Config {
     pub observe_max_age: Duration,
 }
 
-impl Default for Config {
-    fn default() -> Self {
+impl Config {
+    /// The defaults of every flag, with the operator's key.
+    pub fn new(key: Key) -> Self {
         Config {
-            fingerprint_key: None,
+            key,
+            legacy_fingerprint_keys: Vec::new(),
             default_credentials: DEFAULT_CREDENTIALS_SECRET.to_string(),
             existence_check: Duration::from_secs(600),
             cleanup_grace: Duration::from_secs(300),

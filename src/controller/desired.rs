@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
-use ring::hmac;
+use ring::{digest, hmac};
 use serde::Serialize;
 
+use super::keys::{Key, hex};
 use super::secrets::{self, SecretProblem};
 use crate::api::{CreateDeploymentRequest, DeploymentDetails, DeploymentSummary};
 use crate::resource::GitDeploymentSpec;
@@ -59,6 +60,38 @@ pub struct DesiredDeployment {
     pub env: BTreeMap<String, String>,
     /// `spec.redeploy`: not sent, but a new value asks for a new deployment.
     pub redeploy: Option<String>,
+    /// What of the environment anyone who reads the object sees: `spec.envVars`, and the
+    /// names and prefixes of `spec.envFrom`.
+    pub visible_env: BTreeMap<String, String>,
+    pub env_sources: Vec<(String, Option<String>)>,
+}
+
+/// How a stored fingerprint relates to the spec as it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// Made for this very spec under the current key.
+    Same,
+    /// Made for another spec: a new deployment is due.
+    Changed,
+    /// Made for this spec as far as can be told, under another key or an older format (a key
+    /// rotation, a restore into another cluster, an upgrade): renew the stamp, do not redeploy.
+    /// A Secret value changed in the same moment as the key is not seen (said in the docs).
+    Restamp,
+}
+
+/// The fingerprint format: `v2.<key id>.<visible part>.<keyed part>`.
+const V2: &str = "v2";
+
+/// The visible spec fields, hashed without a key so that a change of them is seen whatever
+/// key stamped the fingerprint.
+#[derive(Serialize)]
+struct Visible<'a> {
+    project_id: &'a str,
+    branch: &'a str,
+    commit_sha: Option<&'a str>,
+    env_vars: &'a BTreeMap<String, String>,
+    env_from: &'a [(String, Option<String>)],
+    redeploy: Option<&'a str>,
 }
 
 /// The canonical form the fingerprint is computed over. Field order and names are part of
@@ -82,6 +115,12 @@ impl DesiredDeployment {
             target: Target::of(spec),
             env: secrets::env_from(spec, secret)?,
             redeploy: spec.redeploy.clone(),
+            visible_env: spec.env_vars.clone(),
+            env_sources: spec
+                .env_from
+                .iter()
+                .map(|s| (s.secret_ref.name.clone(), s.prefix.clone()))
+                .collect(),
         })
     }
 
@@ -95,11 +134,63 @@ impl DesiredDeployment {
         }
     }
 
-    /// A keyed hash (HMAC-SHA256, 128 bits in hex) of everything that makes one deployment
-    /// different from another, so that the fingerprint stored on the object reveals nothing
-    /// of secret environment values to someone who can read the object. A new fingerprint
-    /// means a new remote deployment is due.
-    pub fn fingerprint(&self, key: &[u8]) -> String {
+    /// What makes one deployment different from another: a new fingerprint means a new remote
+    /// deployment is due. `v2.<key id>.<visible>.<keyed>`: the visible part hashes the spec
+    /// fields anyone can read, without a key; the keyed part is an HMAC of everything sent
+    /// (Secret values included), so that the fingerprint on the object reveals nothing of
+    /// secret values to someone who can read the object.
+    pub fn fingerprint(&self, key: &Key) -> String {
+        format!(
+            "{V2}.{}.{}.{}",
+            key.id(),
+            self.visible_part(),
+            key.tag(&[&self.canonical()])
+        )
+    }
+
+    /// How `stored` (a fingerprint on the object) relates to this spec. `legacy_keys` are
+    /// what may have keyed the fingerprints of earlier versions (the `--fingerprint-key` flag
+    /// or the chart's key Secret, else the object's UID).
+    pub fn compare(&self, stored: &str, key: &Key, legacy_keys: &[&[u8]]) -> Stamp {
+        let now = self.fingerprint(key);
+        if stored == now {
+            return Stamp::Same;
+        }
+        let mut parts = stored.split('.');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(V2), Some(id), Some(visible), Some(_)) => {
+                if visible != self.visible_part() || id == key.id() {
+                    Stamp::Changed
+                } else {
+                    Stamp::Restamp
+                }
+            }
+            _ if legacy_keys
+                .iter()
+                .any(|k| stored == self.legacy_fingerprint(k)) =>
+            {
+                Stamp::Restamp
+            }
+            _ => Stamp::Changed,
+        }
+    }
+
+    fn visible_part(&self) -> String {
+        let visible = Visible {
+            project_id: &self.target.project_id,
+            branch: &self.target.branch,
+            commit_sha: self.target.commit_sha.as_deref(),
+            env_vars: &self.visible_env,
+            env_from: &self.env_sources,
+            redeploy: self.redeploy.as_deref(),
+        };
+        // Strings and string maps always serialize.
+        let bytes = serde_json::to_vec(&visible).unwrap_or_default();
+        hex(&digest::digest(&digest::SHA256, &bytes).as_ref()[..16])
+    }
+
+    /// Everything sent, and `redeploy`, in the canonical form every version has used.
+    fn canonical(&self) -> Vec<u8> {
         let canonical = Canonical {
             project_id: &self.target.project_id,
             branch: &self.target.branch,
@@ -107,14 +198,14 @@ impl DesiredDeployment {
             env: &self.env,
             redeploy: self.redeploy.as_deref(),
         };
-        // A struct of strings and a string map cannot fail to serialize; an empty input would
-        // still give a keyed, stable hash.
-        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
-        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), &bytes);
-        tag.as_ref()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        serde_json::to_vec(&canonical).unwrap_or_default()
+    }
+
+    /// The fingerprint of versions before `v2`: 32 hex digits of HMAC-SHA256 over the
+    /// canonical form, with no key id.
+    fn legacy_fingerprint(&self, key: &[u8]) -> String {
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), &self.canonical());
+        hex(&tag.as_ref()[..16])
     }
 }
 
@@ -136,45 +227,94 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             redeploy: redeploy.map(str::to_string),
+            visible_env: BTreeMap::new(),
+            env_sources: vec![("app-env".into(), None)],
         }
+    }
+
+    fn key() -> Key {
+        Key::new(b"key-key-key-key-")
     }
 
     #[test]
     fn the_fingerprint_changes_with_env_values_and_redeploy_but_not_with_the_key_order() {
-        let f = |d: DesiredDeployment| d.fingerprint(b"key");
+        let f = |d: DesiredDeployment| d.fingerprint(&key());
         let ab = f(desired(&[("A", "1"), ("B", "2")], None));
         assert_eq!(ab, f(desired(&[("B", "2"), ("A", "1")], None)));
         assert_ne!(ab, f(desired(&[("A", "1"), ("B", "3")], None)));
         assert_ne!(ab, f(desired(&[("A", "1"), ("B", "2")], Some("1"))));
         assert_ne!(
             ab,
-            desired(&[("A", "1"), ("B", "2")], None).fingerprint(b"other")
+            desired(&[("A", "1"), ("B", "2")], None).fingerprint(&Key::new(b"other-other-othe"))
         );
-        assert_eq!(ab.len(), 32);
+        assert!(ab.starts_with(&format!("v2.{}.", key().id())), "{ab}");
     }
 
     #[test]
-    fn the_fingerprint_of_a_spec_is_what_it_was_before_the_pipeline_existed() {
-        // Stored on every object already: a different value would redeploy every object on
-        // upgrade. Computed with the canonical JSON the operator has always used.
+    fn a_fingerprint_of_an_earlier_version_is_recognised_and_restamped() {
+        // Stored on objects by every version before v2: 32 hex digits of HMAC-SHA256 over this
+        // canonical JSON. Recognised, it is renewed, never taken for a change of spec.
         let d = desired(&[("NODE_ENV", "production")], None);
         let canonical = r#"{"project_id":"proj_8f3k29","branch":"main","commit_sha":null,"env":{"NODE_ENV":"production"},"redeploy":null}"#;
         let tag = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, b"key"),
+            &hmac::Key::new(hmac::HMAC_SHA256, b"uid-1"),
             canonical.as_bytes(),
         );
-        let expected: String = tag.as_ref()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(d.fingerprint(b"key"), expected);
+        let legacy = hex(&tag.as_ref()[..16]);
+        assert_eq!(d.compare(&legacy, &key(), &[b"uid-1"]), Stamp::Restamp);
+        // Under another legacy key, or for another spec, it is a change, as it always was.
+        assert_eq!(d.compare(&legacy, &key(), &[b"uid-2"]), Stamp::Changed);
+        let other = desired(&[("NODE_ENV", "staging")], None);
+        assert_eq!(other.compare(&legacy, &key(), &[b"uid-1"]), Stamp::Changed);
+    }
+
+    #[test]
+    fn a_fingerprint_under_another_key_is_restamped_unless_a_visible_field_changed() {
+        let before = desired(&[("A", "1")], None);
+        let rotated = Key::new(b"a-new-key-a-new-");
+        let stored = before.fingerprint(&key());
+        assert_eq!(before.compare(&stored, &key(), &[b"uid"]), Stamp::Same);
+        assert_eq!(before.compare(&stored, &rotated, &[b"uid"]), Stamp::Restamp);
+        // A Secret value changed under the same key: a change.
+        let secret_changed = desired(&[("A", "2")], None);
+        assert_eq!(
+            secret_changed.compare(&stored, &key(), &[b"uid"]),
+            Stamp::Changed
+        );
+        // A visible field changed: a change whatever the key.
+        let mut branch_changed = before.clone();
+        branch_changed.target.branch = "dev".into();
+        assert_eq!(
+            branch_changed.compare(&stored, &rotated, &[b"uid"]),
+            Stamp::Changed
+        );
+        let mut var_changed = before.clone();
+        var_changed.visible_env.insert("MODE".into(), "x".into());
+        assert_eq!(
+            var_changed.compare(&stored, &rotated, &[b"uid"]),
+            Stamp::Changed
+        );
+        let redeployed = desired(&[("A", "1")], Some("2"));
+        assert_eq!(
+            redeployed.compare(&stored, &rotated, &[b"uid"]),
+            Stamp::Changed
+        );
+        // Anything else on the object is just another spec.
+        assert_eq!(before.compare("f1", &key(), &[b"uid"]), Stamp::Changed);
+        assert_eq!(
+            before.compare("v2.x.y", &rotated, &[b"uid"]),
+            Stamp::Changed
+        );
     }
 
     #[test]
     fn the_fingerprint_does_not_contain_secret_values() {
-        let fp = desired(&[("PASSWORD", "hunter2")], None).fingerprint(b"key");
+        let fp = desired(&[("PASSWORD", "hunter2")], None).fingerprint(&key());
         assert!(!fp.contains("hunter2"));
-        assert!(fp.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(
+            fp.chars()
+                .all(|c| c.is_ascii_hexdigit() || c == '.' || c == 'v')
+        );
     }
 
     /// Every field of the request body is covered by the fingerprint, and the only input the
@@ -224,8 +364,8 @@ mod tests {
         let body = |d: &DesiredDeployment| serde_json::to_value(d.request()).unwrap();
         for (what, variant, body_changes) in variants {
             assert_ne!(
-                variant.fingerprint(b"k"),
-                base.fingerprint(b"k"),
+                variant.fingerprint(&key()),
+                base.fingerprint(&key()),
                 "changing the {what} must change the fingerprint"
             );
             assert_eq!(

@@ -12,6 +12,7 @@
 //! - `state`: what the operator remembers on the object (`git.dev/state`).
 //! - `context`: configuration fixed at start, and the coordination between reconciles.
 //! - `fence`: API writes only while this replica holds the leader Lease.
+//! - `keys`: the operator's own key (a Secret it reads or creates), for signatures and fingerprints.
 //! - `error`: the errors of a reconcile, by step.
 //!
 //! `docs/architecture.md` draws the same pipeline and says which files do IO.
@@ -22,6 +23,7 @@ pub mod decision;
 pub mod desired;
 mod error;
 pub mod fence;
+pub mod keys;
 pub mod observe;
 pub mod reconcile;
 mod recover;

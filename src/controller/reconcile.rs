@@ -149,7 +149,7 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
         Ok(desired) => desired,
         Err(problem) => return round.blocked(problem).await,
     };
-    let goal = goal(obj, desired.fingerprint(round.fingerprint_key()));
+    let goal = goal(obj, desired.fingerprint(&ctx.config.key));
 
     match round.settle_intent(&token).await? {
         Settled::Done => {}
@@ -177,6 +177,8 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
         let why = format!("adopted existing deployment {} ({})", d.id, d.status);
         round.adopt(&d.id, &goal.fingerprint, &why).await?;
     }
+
+    round.restamp(&desired, &goal.fingerprint).await?;
 
     let next = decision::decide(&goal, &round.state, &observed);
     tracing::debug!(object = %round.name(), namespace = %round.namespace, ?next, "decided");

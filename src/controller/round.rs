@@ -14,6 +14,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::decision::{self, Health, Observed, Recovery};
+use super::desired::{DesiredDeployment, Stamp};
 use super::secrets::{self, SecretProblem};
 use super::state::{self, State};
 use super::status::{build_status, ready_reason};
@@ -69,20 +70,28 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         secrets::token_from(secrets.get(&creds.name), &creds)
     }
 
-    /// The key of the spec fingerprints: the operator's, else the object's UID (still no
-    /// secret value on the object in clear, but a guessable value could be checked by a reader
-    /// of it).
-    pub fn fingerprint_key(&self) -> &[u8] {
-        match &self.ctx.config.fingerprint_key {
-            Some(key) => key,
-            None => self
-                .obj
-                .metadata
-                .uid
-                .as_deref()
-                .unwrap_or_default()
-                .as_bytes(),
+    /// A fingerprint stamped under another key or an older format, for the spec as it still
+    /// is, is renewed: the deployment stands; nothing is redeployed.
+    pub async fn restamp(
+        &mut self,
+        desired: &DesiredDeployment,
+        fingerprint: &str,
+    ) -> Result<(), Error> {
+        let Some(stored) = self.state.fingerprint.as_deref() else {
+            return Ok(());
+        };
+        let uid = self.obj.metadata.uid.as_deref().unwrap_or_default();
+        let legacy: Vec<&[u8]> = (self.ctx.config.legacy_fingerprint_keys.iter())
+            .map(Vec::as_slice)
+            .chain([uid.as_bytes()])
+            .collect();
+        let stamp = desired.compare(stored, &self.ctx.config.key, &legacy);
+        if stamp == Stamp::Restamp {
+            tracing::info!(object = %self.name(), namespace = %self.namespace, "re-stamping a fingerprint made under another key or format");
+            self.state.fingerprint = Some(fingerprint.to_string());
+            self.save_state().await?;
         }
+        Ok(())
     }
 
     /// Takes `id` as the object's deployment, made for the spec of `fingerprint`: a deployment

@@ -151,3 +151,38 @@ async fn lifting_cancel_deploys_again() {
 
     assert_eq!(h.api().take_calls(), ["get dep_1", "create"]);
 }
+
+#[tokio::test]
+async fn a_fingerprint_made_under_another_key_is_restamped_and_nothing_is_redeployed() {
+    let s = spec(json!({"envVars": {"MODE": "a"}}));
+    let older = DesiredDeployment::resolve(&s, |_| None)
+        .unwrap()
+        .fingerprint(&Key::new(b"a-key-since-rotated"));
+    let state = State {
+        id: Some("dep_1".into()),
+        fingerprint: Some(older.clone()),
+        ..State::default()
+    };
+    let mut h = Harness::new(with_state(object(s.clone()), &state));
+    h.api().add("main", None, Remote::Success);
+
+    let now = fingerprint(&s);
+    assert_ne!(now, older);
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::state(move |st| assert_eq!(st.fingerprint.as_deref(), Some(now.as_str()))),
+        Expect::event("Normal", "DeploymentSucceeded"),
+        Expect::status(|st| assert_health(st, "Ready", "Succeeded")),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(h.api().take_calls(), ["get dep_1"]);
+    assert!(h.api().creates().is_empty());
+
+    // A visible change under the new key is still a change.
+    h.edit(|o| {
+        o.spec.env_vars.insert("MODE".into(), "b".into());
+    });
+    h.reconcile_freely().await.unwrap();
+    assert_eq!(h.api().creates().len(), 1);
+}

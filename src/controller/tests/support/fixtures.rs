@@ -48,7 +48,7 @@ pub fn deleting(mut o: GitDeployment) -> GitDeployment {
 pub fn fingerprint(spec: &GitDeploymentSpec) -> String {
     DesiredDeployment::resolve(spec, |_| None)
         .unwrap()
-        .fingerprint(FINGERPRINT_KEY)
+        .fingerprint(&Key::new(FINGERPRINT_KEY))
 }
 
 /// (status, reason) of a condition.

@@ -28,10 +28,9 @@ impl Harness {
             },
         );
         let config = Config {
-            fingerprint_key: Some(FINGERPRINT_KEY.to_vec()),
             // Tests change remote state between reconciles at once; every reconcile lists afresh.
             observe_max_age: Duration::ZERO,
-            ..Config::default()
+            ..Config::new(Key::new(FINGERPRINT_KEY))
         };
         let ctx = Context::new(
             client,

@@ -35,6 +35,7 @@ pub use crate::api::{
     DeploymentsApi, Endpoint, ListMeta, ListQuery,
 };
 pub use crate::controller::desired::DesiredDeployment;
+pub use crate::controller::keys::Key;
 pub use crate::controller::reconcile::reconcile;
 pub use crate::controller::state::{ANNOTATION_STATE, State};
 pub use crate::controller::{Config, Context, Error, error_policy};

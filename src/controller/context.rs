@@ -13,7 +13,7 @@ use kube::runtime::reflector::Store;
 
 use super::keys::Key;
 use super::observe::Observer;
-use super::state::State;
+use super::state::{State, Trust};
 use crate::api::{ApiToken, DeploymentsApi};
 use crate::metrics::Metrics;
 use crate::resource::{DEFAULT_CREDENTIALS_SECRET, GitDeployment};
@@ -84,8 +84,8 @@ impl<A: DeploymentsApi> Context<A> {
         }
     }
 
-    /// Remote ids that objects other than `me` own (current or history), including those
-    /// created in this process and not yet visible in the store.
+    /// Remote ids that objects other than `me` name (current or history, trusted or not),
+    /// including those created in this process and not yet visible in the store.
     pub(super) fn claimed_ids(&self, me: &GitDeployment) -> HashSet<String> {
         let my_uid = me.metadata.uid.as_deref().unwrap_or_default();
         let mut claimed = self.coordination.created_by_others(my_uid);
@@ -95,13 +95,55 @@ impl<A: DeploymentsApi> Context<A> {
                     .state()
                     .iter()
                     .filter(|o| o.metadata.uid != me.metadata.uid)
-                    .flat_map(|o| {
-                        let s = State::of(o);
-                        s.id.into_iter().chain(s.history)
-                    }),
+                    .flat_map(|o| State::read(o, &self.config.key).0.ids()),
             );
         }
         claimed
+    }
+
+    /// The object other than `me` that holds deployment `id`, as `namespace/name`: one whose
+    /// signed state names it, or one created here that made it; when neither side's state is
+    /// signed, the older object. `None`: `me` may act on it.
+    pub(super) fn holder_of(
+        &self,
+        me: &GitDeployment,
+        my_trust: Trust,
+        id: &str,
+    ) -> Option<String> {
+        let my_uid = me.metadata.uid.as_deref().unwrap_or_default();
+        let store = self.store.as_ref().map(|s| s.state()).unwrap_or_default();
+        let name = |o: &GitDeployment| {
+            format!(
+                "{}/{}",
+                o.metadata.namespace.as_deref().unwrap_or_default(),
+                o.metadata.name.as_deref().unwrap_or_default()
+            )
+        };
+        if let Some(maker) = self.coordination.maker_of(id).filter(|uid| *uid != my_uid) {
+            let holder = store
+                .iter()
+                .find(|o| o.metadata.uid.as_deref() == Some(maker.as_str()))
+                .map(|o| name(o));
+            return Some(holder.unwrap_or_else(|| "another object".to_string()));
+        }
+        let older = |o: &GitDeployment| {
+            let key =
+                |x: &GitDeployment| (x.metadata.creation_timestamp.as_ref().map(|t| t.0), name(x));
+            key(o) < key(me)
+        };
+        store
+            .iter()
+            .filter(|o| o.metadata.uid != me.metadata.uid)
+            .find(|o| {
+                let (state, trust) = State::read(o, &self.config.key);
+                state.ids().iter().any(|x| x == id)
+                    && match (trust, my_trust) {
+                        (Trust::Signed, _) => my_trust == Trust::Hint || older(o),
+                        (Trust::Hint, Trust::Signed) => false,
+                        (Trust::Hint, Trust::Hint) => older(o),
+                    }
+            })
+            .map(|o| name(o))
     }
 }
 
@@ -184,6 +226,11 @@ impl Coordination {
         let mut created = lock(&self.created_here);
         created.retain(|_, (_, at)| at.elapsed() < CLAIM_MEMORY);
         created.insert(id.to_string(), (uid.to_string(), Instant::now()));
+    }
+
+    /// The object (by uid) that created `id` in this process, while that is remembered.
+    fn maker_of(&self, id: &str) -> Option<String> {
+        lock(&self.created_here).get(id).map(|(uid, _)| uid.clone())
     }
 
     fn created_by_others(&self, my_uid: &str) -> HashSet<String> {

@@ -4,6 +4,7 @@
 //! - `reconcile`: the driver, a table of contents of the steps below.
 //! - `round`: one reconcile of one object; every Kubernetes write (state, status, events).
 //! - `secrets`, `desired`: the token, and the one `DesiredDeployment` the spec asks for.
+//! - `verify`: a state the operator did not sign names no deployment another object holds.
 //! - `recover`: a create whose answer was lost is found, never made twice.
 //! - `observe`: the tracked deployment as it is now, through shared listings.
 //! - `decision`: pure "spec + observed remote state → next step", and health.
@@ -34,6 +35,7 @@ pub mod state;
 pub mod status;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 pub use context::{Config, Context};
 pub use error::Error;

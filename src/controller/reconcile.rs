@@ -23,6 +23,7 @@ use super::decision::{self, Goal, Health, Observed, Recheck, Step};
 use super::desired::DesiredDeployment;
 use super::recover::Settled;
 use super::round::Round;
+use super::verify;
 use super::{Context, Error};
 use crate::api::DeploymentsApi;
 use crate::resource::{FINALIZER, GitDeployment};
@@ -151,9 +152,17 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
     };
     let goal = goal(obj, desired.fingerprint(&ctx.config.key));
 
+    let taken = round.taken();
+    if !taken.is_empty() {
+        let health = verify::already_managed(&taken);
+        return round
+            .finish(&Observed::Unread, health, Requeue::await_change())
+            .await;
+    }
+
     match round.settle_intent(&token).await? {
         Settled::Done => {}
-        Settled::Uncertain(health) => {
+        Settled::Stalled(health) => {
             return round
                 .finish(&Observed::Unread, health, Requeue::await_change())
                 .await;
@@ -227,6 +236,8 @@ async fn cleanup<A: DeploymentsApi>(
     tracing::info!(object = %round.name(), namespace = %round.namespace, state = ?round.state, policy = ?obj.spec.deletion_policy, "cleaning up before deletion");
     // What this object made does not depend on the spec as it is now.
     let goal = goal(obj, String::new());
+    let taken = round.taken();
+    round.let_go_of(&taken).await;
 
     let mut token = None;
     let observed = if decision::must_observe(&goal, &round.state) {
@@ -242,7 +253,7 @@ async fn cleanup<A: DeploymentsApi>(
         // A create in flight may have made a deployment: it must be found to be deleted.
         match round.settle_intent(&t).await? {
             Settled::Done => {}
-            Settled::Uncertain(health) => return round.cleanup_blocked(health).await,
+            Settled::Stalled(health) => return round.cleanup_blocked(health).await,
             Settled::Api(err) => return round.cleanup_failed(err).await,
         }
         let observed = match round.observe(&t).await {

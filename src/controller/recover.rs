@@ -11,7 +11,8 @@ use super::Error;
 use super::decision::Health;
 use super::desired::Target;
 use super::round::Round;
-use super::state::Intent;
+use super::state::{Intent, Trust};
+use super::verify::{Taken, already_managed};
 use crate::api::{ApiError, ApiToken, DeploymentsApi, list_newest_back_to};
 use crate::resource::ANNOTATION_DEPLOYMENT_ID;
 
@@ -23,8 +24,9 @@ const CLOCK_SKEW: Duration = Duration::from_secs(30);
 pub(super) enum Settled {
     /// Adopted, or provably never made: go on.
     Done,
-    /// Several deployments could be it: a human chooses.
-    Uncertain(Health),
+    /// A human must act: several deployments could be it, or the one named is another
+    /// object's.
+    Stalled(Health),
     Api(ApiError),
 }
 
@@ -53,6 +55,10 @@ impl<A: DeploymentsApi> Round<'_, A> {
                     && !self.state.history.contains(id)
             });
         if let Some(id) = chosen {
+            if let Some(holder) = self.ctx.holder_of(&self.obj, Trust::Hint, &id) {
+                let taken = [Taken { id, holder }];
+                return Ok(Settled::Stalled(already_managed(&taken)));
+            }
             let why =
                 format!("adopted deployment {id} named by annotation {ANNOTATION_DEPLOYMENT_ID}");
             self.adopt(&id, &intent.fingerprint, &why).await?;
@@ -82,7 +88,7 @@ impl<A: DeploymentsApi> Round<'_, A> {
                 self.save_state().await?;
                 Ok(Settled::Done)
             }
-            Ok(Found::Several(ids)) => Ok(Settled::Uncertain(Health::stalled(
+            Ok(Found::Several(ids)) => Ok(Settled::Stalled(Health::stalled(
                 "CreationUncertain",
                 format!(
                     "a create's answer was lost and several deployments could be it ({}): set annotation {ANNOTATION_DEPLOYMENT_ID} to the one to keep and delete the others remotely",

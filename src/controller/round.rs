@@ -16,7 +16,7 @@ use serde_json::json;
 use super::decision::{self, Health, Observed, Recovery};
 use super::desired::{DesiredDeployment, Stamp};
 use super::secrets::{self, SecretProblem};
-use super::state::{self, State};
+use super::state::{self, State, Trust};
 use super::status::{build_status, ready_reason};
 use super::{Context, Error};
 use crate::api::{ApiError, ApiToken, DeploymentsApi};
@@ -32,16 +32,20 @@ pub(super) struct Round<'a, A: DeploymentsApi> {
     pub namespace: String,
     api: Api<GitDeployment>,
     pub state: State,
+    /// Whether `state` is the operator's own, signed for this object.
+    pub trust: Trust,
 }
 
 impl<'a, A: DeploymentsApi> Round<'a, A> {
     pub fn new(obj: &GitDeployment, ctx: &'a Context<A>) -> Result<Self, Error> {
         let namespace = obj.namespace().ok_or(Error::MissingNamespace)?;
+        let (state, trust) = State::read(obj, &ctx.config.key);
         Ok(Round {
             ctx,
             api: Api::namespaced(ctx.client.clone(), &namespace),
             namespace,
-            state: State::of(obj),
+            state,
+            trust,
             obj: obj.clone(),
         })
     }
@@ -112,13 +116,14 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
     /// Writes `git.dev/state` when it changed, with the object's resourceVersion as a
     /// precondition: a concurrent change makes this fail rather than be overwritten.
     pub async fn save_state(&mut self) -> Result<(), Error> {
-        if self.state.is_recorded_on(&self.obj) {
+        let key = &self.ctx.config.key;
+        if self.state.is_recorded_on(&self.obj, key) {
             return Ok(());
         }
         let patch = json!({
             "metadata": {
                 "resourceVersion": self.obj.resource_version(),
-                "annotations": { state::ANNOTATION_STATE: self.state.to_annotation() }
+                "annotations": { state::ANNOTATION_STATE: self.state.to_annotation(&self.obj, key) }
             }
         });
         let updated = self
@@ -132,6 +137,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             })?;
         self.ctx.metrics.kubernetes_write("state");
         self.obj = updated;
+        self.trust = Trust::Signed;
         Ok(())
     }
 

@@ -7,10 +7,48 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::keys::Key;
 use crate::resource::{ANNOTATION_DEPLOYMENT_ID, GitDeployment};
 
 /// The operator's own annotation. Users never need to write it.
 pub const ANNOTATION_STATE: &str = "git.dev/state";
+
+/// `git.dev/state` as JSON, with the signature (if any) apart. `None` when it is not a state
+/// at all (not JSON, wrong types, too long): as if there were none.
+fn parse(annotation: &str) -> Option<(State, Option<String>)> {
+    if annotation.len() > ANNOTATION_LIMIT {
+        return None;
+    }
+    let mut value: serde_json::Value = serde_json::from_str(annotation).ok()?;
+    let signature = value
+        .as_object_mut()?
+        .remove("sig")
+        .and_then(|s| s.as_str().map(str::to_string));
+    let state = serde_json::from_value(value).ok()?;
+    Some((state, signature))
+}
+
+/// What a signature covers: the object's namespace and name (not its UID, which a restore
+/// changes), and the state as the operator serializes it.
+struct SignedParts {
+    namespace: String,
+    name: String,
+    state: Vec<u8>,
+}
+
+impl SignedParts {
+    fn parts(&self) -> [&[u8]; 3] {
+        [self.namespace.as_bytes(), self.name.as_bytes(), &self.state]
+    }
+}
+
+fn signed_parts(obj: &GitDeployment, state: &State) -> SignedParts {
+    SignedParts {
+        namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+        name: obj.metadata.name.clone().unwrap_or_default(),
+        state: serde_json::to_vec(state).unwrap_or_default(),
+    }
+}
 
 /// A create about to be sent: recorded before `POST /deployments` so that a crash or a lost
 /// answer can be resolved by looking for the deployment instead of creating a second one.
@@ -41,51 +79,79 @@ pub struct State {
     pub intent: Option<Intent>,
 }
 
+/// How far the operator trusts what an object says of its deployments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// The operator's own signature, for this namespace and name, under its current key.
+    Signed,
+    /// Anything else: written by someone else, signed under another key (a rotation, a
+    /// restore), rebuilt from `.status`, or named by the adoption annotation. A hint: no
+    /// deployment it names is cancelled, deleted or adopted while another object holds it.
+    Hint,
+}
+
+/// The longest `git.dev/state` the operator reads: its own never comes near; a longer one is
+/// not the operator's.
+const ANNOTATION_LIMIT: usize = 16 * 1024;
+
+/// The most history a state keeps (the largest `historyLimit`).
+const HISTORY_LIMIT: usize = 100;
+
 impl State {
-    /// The state of an object: its own annotation first; else what `.status` still says; else
-    /// the adoption annotation `git.dev/deployment-id` a user set.
-    pub fn of(obj: &GitDeployment) -> State {
+    /// The state of an object, and how far to trust it: its own annotation first; else what
+    /// `.status` still says; else the adoption annotation `git.dev/deployment-id` a user set.
+    pub fn read(obj: &GitDeployment, key: &Key) -> (State, Trust) {
         let annotations = obj.metadata.annotations.as_ref();
-        if let Some(state) = annotations
+        if let Some((mut state, signature)) = annotations
             .and_then(|a| a.get(ANNOTATION_STATE))
-            .and_then(|s| serde_json::from_str::<State>(s).ok())
+            .and_then(|s| parse(s))
         {
-            return state;
+            let trust = match signature {
+                Some(sig) if key.verifies(&sig, &signed_parts(obj, &state).parts()) => {
+                    Trust::Signed
+                }
+                _ => Trust::Hint,
+            };
+            state.history.truncate(HISTORY_LIMIT);
+            return (state, trust);
         }
         if let Some(status) = obj.status.as_ref().filter(|s| s.deployment_id.is_some()) {
-            return State {
+            let state = State {
                 id: status.deployment_id.clone(),
                 fingerprint: status.spec_fingerprint.clone(),
                 history: status
                     .history
                     .iter()
+                    .take(HISTORY_LIMIT)
                     .map(|h| h.deployment_id.clone())
                     .collect(),
                 ..State::default()
             };
+            return (state, Trust::Hint);
         }
-        State {
+        let state = State {
             id: annotations
                 .and_then(|a| a.get(ANNOTATION_DEPLOYMENT_ID))
                 .map(|id| id.trim().to_string())
                 .filter(|id| !id.is_empty()),
             ..State::default()
+        };
+        (state, Trust::Hint)
+    }
+
+    /// Whether the object carries this state already, signed under `key` (no write needed).
+    pub fn is_recorded_on(&self, obj: &GitDeployment, key: &Key) -> bool {
+        State::read(obj, key) == (self.clone(), Trust::Signed)
+    }
+
+    /// The annotation's value: this state, signed for this object under `key`.
+    pub fn to_annotation(&self, obj: &GitDeployment, key: &Key) -> String {
+        let parts = signed_parts(obj, self);
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("sig".into(), key.sign(&parts.parts()).into());
         }
-    }
-
-    /// Whether the object carries this state already (no write needed).
-    pub fn is_recorded_on(&self, obj: &GitDeployment) -> bool {
-        obj.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_STATE))
-            .and_then(|s| serde_json::from_str::<State>(s).ok())
-            .as_ref()
-            == Some(self)
-    }
-
-    pub fn to_annotation(&self) -> String {
-        serde_json::to_string(self).expect("state always serializes")
+        value.to_string()
     }
 
     /// Every remote deployment the object knows of: the current one, then history, once each.
@@ -124,6 +190,7 @@ mod tests {
         )
         .unwrap();
         let mut o = GitDeployment::new("web", spec);
+        o.metadata.namespace = Some("team-a".into());
         o.metadata.annotations = Some(
             annotations
                 .iter()
@@ -132,6 +199,14 @@ mod tests {
         );
         o.status = status;
         o
+    }
+
+    fn key() -> Key {
+        Key::new(b"the-operators-key")
+    }
+
+    fn of(o: &GitDeployment) -> State {
+        State::read(o, &key()).0
     }
 
     #[test]
@@ -143,7 +218,7 @@ mod tests {
             ],
             None,
         );
-        assert_eq!(State::of(&annotated).id.as_deref(), Some("dep_a"));
+        assert_eq!(of(&annotated).id.as_deref(), Some("dep_a"));
 
         let status = GitDeploymentStatus {
             deployment_id: Some("dep_s".into()),
@@ -156,18 +231,83 @@ mod tests {
             }],
             ..Default::default()
         };
-        let from_status = State::of(&obj(
+        let from_status = of(&obj(
             &[(ANNOTATION_DEPLOYMENT_ID, "dep_user")],
             Some(status),
         ));
         assert_eq!(from_status.id.as_deref(), Some("dep_s"));
         assert_eq!(from_status.history, vec!["dep_old".to_string()]);
 
-        let adopted = State::of(&obj(&[(ANNOTATION_DEPLOYMENT_ID, " dep_user ")], None));
+        let adopted = of(&obj(&[(ANNOTATION_DEPLOYMENT_ID, " dep_user ")], None));
         assert_eq!(adopted.id.as_deref(), Some("dep_user"));
         assert_eq!(adopted.fingerprint, None);
 
-        assert_eq!(State::of(&obj(&[], None)), State::default());
+        assert_eq!(of(&obj(&[], None)), State::default());
+    }
+
+    #[test]
+    fn only_a_state_the_operator_signed_for_this_object_under_its_key_is_trusted() {
+        let state = State {
+            id: Some("dep_a".into()),
+            history: vec!["dep_0".into()],
+            ..State::default()
+        };
+        let web = obj(&[], None);
+        let signed = state.to_annotation(&web, &key());
+        let with = |annotation: &str| obj(&[(ANNOTATION_STATE, annotation)], None);
+
+        assert_eq!(
+            State::read(&with(&signed), &key()),
+            (state.clone(), Trust::Signed)
+        );
+        assert!(state.is_recorded_on(&with(&signed), &key()));
+
+        // Unsigned (a tenant's, or an older version's), or signed under another key: a hint.
+        let unsigned = serde_json::to_string(&state).unwrap();
+        assert_eq!(
+            State::read(&with(&unsigned), &key()),
+            (state.clone(), Trust::Hint)
+        );
+        assert!(!state.is_recorded_on(&with(&unsigned), &key()));
+        let other_key = Key::new(b"another-clusters-key");
+        assert_eq!(State::read(&with(&signed), &other_key).1, Trust::Hint);
+
+        // Copied to another object, or edited: the signature no longer holds.
+        let mut api = with(&signed);
+        api.metadata.name = Some("api".into());
+        assert_eq!(State::read(&api, &key()).1, Trust::Hint);
+        let mut moved = with(&signed);
+        moved.metadata.namespace = Some("team-b".into());
+        assert_eq!(State::read(&moved, &key()).1, Trust::Hint);
+        let forged = signed.replace("dep_0", "dep_other");
+        assert_eq!(State::read(&with(&forged), &key()).1, Trust::Hint);
+    }
+
+    #[test]
+    fn a_state_that_is_not_one_is_ignored_whole() {
+        for junk in [
+            "not json",
+            "[]",
+            r#"{"id": 7}"#,
+            r#"{"intent": {"fingerprint": "f", "at": "yesterday"}}"#,
+            &format!(r#"{{"id": "{}"}}"#, "x".repeat(ANNOTATION_LIMIT)),
+        ] {
+            let o = obj(&[(ANNOTATION_STATE, junk)], None);
+            assert_eq!(
+                State::read(&o, &key()),
+                (State::default(), Trust::Hint),
+                "{junk:.40}"
+            );
+        }
+        let long: Vec<String> = (0..500).map(|i| format!("dep_{i}")).collect();
+        let o = obj(
+            &[(
+                ANNOTATION_STATE,
+                &serde_json::json!({ "history": long }).to_string(),
+            )],
+            None,
+        );
+        assert_eq!(of(&o).history.len(), HISTORY_LIMIT);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!
 //! `support/` holds the fakes, the harness and the fixtures; each other file is one topic.
 
+mod claims;
 mod create;
 mod deletion;
 mod errors;

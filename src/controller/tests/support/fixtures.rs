@@ -21,11 +21,23 @@ pub fn object(spec: GitDeploymentSpec) -> GitDeployment {
     o
 }
 
+/// `git.dev/state` as the operator writes it: signed for this object with the test key.
 pub fn with_state(mut o: GitDeployment, state: &State) -> GitDeployment {
+    let annotation = state.to_annotation(&o, &Key::new(FINGERPRINT_KEY));
     o.metadata
         .annotations
         .get_or_insert_default()
-        .insert(ANNOTATION_STATE.into(), state.to_annotation());
+        .insert(ANNOTATION_STATE.into(), annotation);
+    o
+}
+
+/// As if someone other than the operator wrote `git.dev/state` (a tenant, or a version of the
+/// operator before states were signed).
+pub fn with_unsigned_state(mut o: GitDeployment, state: &State) -> GitDeployment {
+    o.metadata.annotations.get_or_insert_default().insert(
+        ANNOTATION_STATE.into(),
+        serde_json::to_string(state).unwrap(),
+    );
     o
 }
 

@@ -17,6 +17,12 @@ impl Harness {
     }
 
     pub fn without_secrets(obj: GitDeployment) -> Self {
+        Self::beside(obj, Vec::new())
+    }
+
+    /// The object among `others`, which the operator's object cache holds too (the claims
+    /// of other objects come from there).
+    pub fn beside(obj: GitDeployment, others: Vec<GitDeployment>) -> Self {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, NS);
         let timeline = Timeline::default();
@@ -38,7 +44,7 @@ impl Harness {
             recorder,
             Arc::new(Metrics::new()),
             config,
-            None,
+            Some(store_of(others.into_iter().chain([obj.clone()]))),
         );
         Harness {
             server: ApiServer {
@@ -86,7 +92,7 @@ impl Harness {
     }
 
     pub fn state(&self) -> State {
-        State::of(&self.object())
+        State::read(&self.object(), &Key::new(FINGERPRINT_KEY)).0
     }
 
     pub fn status(&self) -> GitDeploymentStatus {
@@ -146,4 +152,14 @@ impl Harness {
         h.api().fail_next(Endpoint::Get, status, code);
         h
     }
+}
+
+fn store_of(
+    objects: impl Iterator<Item = GitDeployment>,
+) -> kube::runtime::reflector::Store<GitDeployment> {
+    let (reader, mut writer) = kube::runtime::reflector::store();
+    for o in objects {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(o));
+    }
+    reader
 }

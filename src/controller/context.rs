@@ -167,6 +167,9 @@ pub struct Coordination {
     /// Deployments this process created, by id, with the creating object's uid and when:
     /// claimed before the object's own record of them reaches the store.
     created_here: Mutex<HashMap<String, (String, Instant)>>,
+    /// The last token that worked for each object (by uid): a namespace's teardown deletes
+    /// its token Secret before its objects, and their cleanup still needs it.
+    tokens: Mutex<HashMap<String, ApiToken>>,
     /// Shared, batched observation of in-flight deployments, per token.
     pub observer: Observer,
 }
@@ -194,9 +197,23 @@ impl Coordination {
         lock(&self.failures).remove(key);
     }
 
+    /// `token` worked for the object `uid`.
+    pub fn remember_token(&self, uid: &str, token: &ApiToken) {
+        let mut tokens = lock(&self.tokens);
+        if tokens.get(uid) != Some(token) {
+            tokens.insert(uid.to_string(), token.clone());
+        }
+    }
+
+    /// The last token that worked for the object `uid`, if this process saw one.
+    pub fn remembered_token(&self, uid: &str) -> Option<ApiToken> {
+        lock(&self.tokens).get(uid).cloned()
+    }
+
     /// The object is gone (its finalizer released): drop everything kept on its account.
     pub fn forget_object(&self, key: &ObjectKey, uid: &str, ids: &[String]) {
         self.forget_failures(key);
+        lock(&self.tokens).remove(uid);
         lock(&self.created_here).retain(|_, (by, _)| by != uid);
         self.observer.forget(ids);
     }
@@ -356,8 +373,10 @@ mod tests {
         c.next_backoff(key.clone());
         c.note_created("dep_1", "uid-1");
         c.note_created("dep_2", "uid-2");
+        c.remember_token("uid-1", &ApiToken::new("sk_test_write"));
         c.forget_object(&key, "uid-1", &["dep_1".to_string()]);
         assert!(lock(&c.failures).is_empty());
+        assert_eq!(c.remembered_token("uid-1"), None);
         assert_eq!(
             c.created_by_others("uid-3"),
             HashSet::from(["dep_2".to_string()])

@@ -27,7 +27,7 @@ pub mod fence;
 pub mod keys;
 pub mod observe;
 pub mod reconcile;
-mod recover;
+pub mod recover;
 mod round;
 mod run;
 pub mod secrets;

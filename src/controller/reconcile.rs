@@ -167,6 +167,11 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
                 .finish(&Observed::Unread, health, Requeue::await_change())
                 .await;
         }
+        Settled::Looking(health, wait) => {
+            return round
+                .finish(&Observed::Unread, health, Requeue::requeue(wait))
+                .await;
+        }
         Settled::Api(err) => {
             return round
                 .api_failed(err, "look for a deployment whose create answer was lost")
@@ -178,6 +183,7 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
         Ok(observed) => observed,
         Err(err) => return round.api_failed(err, "read the deployment").await,
     };
+    ctx.coordination.remember_token(uid(obj), &token);
     // A deployment taken over through `git.dev/deployment-id`: it stands for the spec as it
     // is now, so that a later change of spec supersedes it like any other.
     if let Observed::Found(d) = &observed
@@ -242,9 +248,18 @@ async fn cleanup<A: DeploymentsApi>(
     let mut token = None;
     let observed = if decision::must_observe(&goal, &round.state) {
         let secrets = round.read_secrets().await?;
-        let t = match round.token(&secrets) {
-            Ok(t) => t,
-            Err(problem) => {
+        let t = match (
+            round.token(&secrets),
+            ctx.coordination.remembered_token(uid(obj)),
+        ) {
+            (Ok(t), _) => t,
+            // The Secret went first (a namespace's teardown, a GitOps prune): the token that
+            // last worked for this object still deletes what it made.
+            (Err(problem), Some(t)) => {
+                tracing::info!(object = %round.name(), namespace = %round.namespace, problem = %problem.health(&round.namespace).message(), "cleaning up with the last token that worked for this object");
+                t
+            }
+            (Err(problem), None) => {
                 return round
                     .cleanup_blocked(problem.health(&round.namespace))
                     .await;
@@ -254,6 +269,12 @@ async fn cleanup<A: DeploymentsApi>(
         match round.settle_intent(&t).await? {
             Settled::Done => {}
             Settled::Stalled(health) => return round.cleanup_blocked(health).await,
+            Settled::Looking(health, wait) => {
+                round
+                    .finish(&Observed::Unread, health, Requeue::await_change())
+                    .await?;
+                return Err(round.cleanup_pending(wait));
+            }
             Settled::Api(err) => return round.cleanup_failed(err).await,
         }
         let observed = match round.observe(&t).await {

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::Error;
@@ -20,6 +21,16 @@ use crate::resource::ANNOTATION_DEPLOYMENT_ID;
 /// the intent is stamped by the operator's clock, `created_at` by the API's.
 const CLOCK_SKEW: Duration = Duration::from_secs(30);
 
+/// How long after a create whose outcome is unknown the operator keeps looking for what it may
+/// have made before it concludes that nothing was: a gateway may answer before the API has
+/// committed, and the API's listing may lag. No create is sent again inside this window.
+pub const SETTLE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The wait between two looks inside the window: doubling with the intent's age, 2 s to 20 s.
+fn next_look(age: Duration) -> Duration {
+    age.clamp(Duration::from_secs(2), Duration::from_secs(20))
+}
+
 /// Outcome of settling a create whose answer was lost.
 pub(super) enum Settled {
     /// Adopted, or provably never made: go on.
@@ -27,6 +38,8 @@ pub(super) enum Settled {
     /// A human must act: several deployments could be it, or the one named is another
     /// object's.
     Stalled(Health),
+    /// Nothing found yet, inside the settle window: look again after the wait.
+    Looking(Health, Duration),
     Api(ApiError),
 }
 
@@ -84,6 +97,22 @@ impl<A: DeploymentsApi> Round<'_, A> {
                 Ok(Settled::Done)
             }
             Ok(Found::None) => {
+                // The intent's time is the operator's clock, or a tenant's: one in the future
+                // counts as expired, so that no value keeps the object waiting forever.
+                let age = Timestamp::now().duration_since(intent.at);
+                let age = Duration::try_from(age).unwrap_or(SETTLE_WINDOW);
+                if age < SETTLE_WINDOW {
+                    let wait = next_look(age);
+                    let health = Health::progressing(
+                        "CreationUnconfirmed",
+                        format!(
+                            "the create request's outcome is unknown and no deployment it made is listed yet; looking again in {}s, for up to {}s after the request, before creating again",
+                            wait.as_secs(),
+                            SETTLE_WINDOW.as_secs()
+                        ),
+                    );
+                    return Ok(Settled::Looking(health, wait));
+                }
                 self.state.intent = None;
                 self.save_state().await?;
                 Ok(Settled::Done)

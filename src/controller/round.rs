@@ -185,6 +185,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             .unwrap_or_default();
         if deleting_for >= grace {
             let ids = self.state.ids();
+            tracing::warn!(object = %self.name(), namespace = %self.namespace, left_behind = ?ids, reason = %health.message(), "cleanup abandoned after the grace period: these remote deployments stay");
             self.event(
                 EventType::Warning,
                 "CleanupAbandoned",
@@ -231,7 +232,8 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         }
     }
 
-    fn cleanup_pending(&self, retry_after: Duration) -> Error {
+    /// Keeps the finalizer and comes back after `retry_after`, without counting as a failure.
+    pub fn cleanup_pending(&self, retry_after: Duration) -> Error {
         Error::CleanupPending {
             namespace: self.namespace.clone(),
             name: self.name(),

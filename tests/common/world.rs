@@ -11,7 +11,7 @@ use super::cluster::{Cluster, KubectlOutput, TestNamespace, cluster};
 use super::stack::{Operator, Sim, eventually};
 
 /// How long a test waits for the operator to bring an object to a condition.
-pub const WAIT: Duration = Duration::from_secs(60);
+pub const WAIT: Duration = Duration::from_secs(150);
 
 /// A gitdeployment manifest in project `proj_8f3k29`; `extra` holds further `spec` lines,
 /// indented by two spaces and each ending with a newline.

@@ -115,3 +115,25 @@ async fn deleting_an_object_whose_create_answer_was_lost_still_deletes_that_depl
         h.api().ids()
     );
 }
+
+#[tokio::test]
+async fn a_token_secret_deleted_before_its_object_still_lets_the_cleanup_delete() {
+    // A namespace's teardown (or a GitOps prune) deletes the Secret first, then the object.
+    let mut h = Harness::new(tracking(spec(json!({})), "dep_1"));
+    h.api().add("main", None, Remote::Success);
+    h.reconcile_freely().await.unwrap();
+    h.server.cluster.secrets.remove(CREDENTIALS);
+    h.edit(|o| o.metadata.deletion_timestamp = Some(Time(wire_now())));
+    h.api().take_calls();
+
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::event_noting("Normal", "Deleted", &["dep_1"]),
+        Expect::remove_finalizer(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(h.api().take_calls(), ["get dep_1", "delete dep_1"]);
+    assert_eq!(h.api().tokens().last().map(String::as_str), Some(TOKEN));
+    assert!(h.api().ids().is_empty());
+}

@@ -123,6 +123,21 @@ async fn a_lost_create_that_never_reached_the_api_is_sent_again_once_nothing_is_
     assert_eq!(h.api().take_calls(), ["create"]);
     assert!(h.api().ids().is_empty());
 
+    // Inside the settle window: looked for, not found, looked for again soon; no create.
+    let action = h
+        .reconcile(vec![
+            Expect::get_secret(CREDENTIALS),
+            Expect::status(|s| {
+                assert_health(s, "Reconciling", "CreationUnconfirmed");
+                assert!(s.conditions[0].message.contains("looking again"));
+            }),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(h.api().take_calls(), ["list"]);
+    assert_requeue_between(&action, secs(2.0), secs(2.0));
+
+    h.let_the_settle_window_pass();
     h.reconcile(vec![
         Expect::get_secret(CREDENTIALS),
         Expect::state(|s| assert_eq!(*s, State::default(), "nothing found: the intent is dropped")),
@@ -156,6 +171,7 @@ async fn a_lost_create_answer_after_a_supersede_is_not_mistaken_for_the_supersed
         ["get dep_1", "cancel dep_1", "get dep_1", "create"]
     );
 
+    h.let_the_settle_window_pass();
     h.reconcile_freely().await.unwrap();
 
     let state = h.state();
@@ -209,4 +225,18 @@ async fn an_intent_time_at_the_edge_of_the_calendar_is_searched_for_without_a_pa
     // Nothing could be it: the intent is settled as never made, and the create is sent once.
     assert_eq!(h.api().take_calls(), ["list", "create"]);
     assert_eq!(h.api().ids().len(), 1);
+}
+
+#[tokio::test]
+async fn an_intent_time_in_the_future_does_not_hold_creates_off_forever() {
+    let obj = with_state(
+        object(spec(json!({}))),
+        &serde_json::from_value(json!({
+            "intent": {"fingerprint": "f", "at": "9999-12-30T00:00:00Z"}
+        }))
+        .unwrap(),
+    );
+    let mut h = Harness::new(obj);
+    h.reconcile_freely().await.unwrap();
+    assert_eq!(h.api().take_calls(), ["list", "create"]);
 }

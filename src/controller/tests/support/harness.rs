@@ -99,6 +99,20 @@ impl Harness {
         self.object().status.unwrap_or_default()
     }
 
+    /// Moves the recorded intent back beyond the settle window, as if the operator had been
+    /// looking for a lost create for that long.
+    pub fn let_the_settle_window_pass(&mut self) {
+        let mut state = self.state();
+        let intent = state.intent.as_mut().expect("an intent is recorded");
+        intent.at = intent
+            .at
+            .checked_sub(crate::controller::recover::SETTLE_WINDOW + Duration::from_secs(1))
+            .unwrap();
+        let obj = with_state(self.object(), &state);
+        self.server.cluster.object = serde_json::to_value(&obj).unwrap();
+        self.server.cluster.bump();
+    }
+
     /// A user's change of the object (new generation when the spec changes).
     pub fn edit(&mut self, f: impl FnOnce(&mut GitDeployment)) {
         let mut obj = self.object();

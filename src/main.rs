@@ -1,6 +1,8 @@
 //! `gitdev-operator`: reconciles `gitdeployments.git.dev` objects against the git.dev
 //! Deployments API.
 
+mod leader;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 
 use gitdev::api::{ClientConfig, HttpClient};
+use gitdev::controller::fence::{Fence, Fenced};
 use gitdev::controller::{self, Config, RunOptions};
 use gitdev::metrics::Metrics;
 use gitdev::resource::GitDeployment;
@@ -74,7 +77,9 @@ struct Args {
     default_credentials_secret: String,
 
     /// Act only while holding a coordination.k8s.io/v1 Lease, so that several replicas never
-    /// both act. A replica that loses the Lease stops and exits (to be restarted as a standby).
+    /// both act. Every write to the Deployments API (create, cancel, delete) is checked against
+    /// the Lease right before it is sent. A replica that loses the Lease, or cannot renew it
+    /// within the renew deadline, stops and exits (to be restarted as a standby).
     #[arg(long, env = "GITDEV_LEADER_ELECTION")]
     leader_election: bool,
 
@@ -86,9 +91,17 @@ struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
 
-    /// Seconds a leader may go without renewing the Lease before another replica takes over.
+    /// Seconds a leader may go without renewing the Lease before another replica takes over
+    /// (3 to 3600).
     #[arg(long, env = "GITDEV_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
+
+    /// Seconds within which the leader must have renewed the Lease to go on acting; less than
+    /// --lease-duration-seconds (default: two thirds of it), so that a leader that cannot renew
+    /// (API server unreachable, process frozen) stops writing before its Lease can expire and
+    /// another replica takes over. The Lease is renewed every half of it.
+    #[arg(long, env = "GITDEV_LEASE_RENEW_DEADLINE_SECONDS")]
+    lease_renew_deadline_seconds: Option<u64>,
 
     /// Timeout of one Deployments API request, in seconds.
     #[arg(long, env = "GITDEV_API_TIMEOUT_SECONDS", default_value_t = 30)]
@@ -176,6 +189,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let lease_timing = if args.leader_election {
+        Some(leader::Timing::new(
+            args.lease_duration_seconds,
+            args.lease_renew_deadline_seconds,
+        )?)
+    } else {
+        None
+    };
     let client = Client::try_default()
         .await
         .map_err(|e| format!("cannot reach Kubernetes (in-cluster config or KUBECONFIG): {e}"))?;
@@ -229,11 +250,11 @@ async fn run(args: Args) -> Result<(), String> {
 
     let shutdown = shutdown_signal().shared();
     let mut outcome = Ok(());
-    let leadership = if args.leader_election {
-        let lease = Lease {
+    let leadership = if let Some(timing) = lease_timing {
+        let lease = leader::Lease {
             name: args.lease_name,
             namespace: args.lease_namespace,
-            duration: args.lease_duration_seconds,
+            timing,
         };
         // A standby replica is healthy and ready: it serves, it just does not act.
         ready.store(true, Ordering::Relaxed);
@@ -248,6 +269,12 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         None
     };
+    // Checked at each write, so that a reconcile already under way when the Lease goes sends
+    // nothing more; `stop_acting` then stops the controller itself.
+    let fence = leadership
+        .as_ref()
+        .map_or_else(Fence::open, |held| Fence::following(held.leading()));
+    let api = Fenced { inner: api, fence };
     let stop_acting = {
         let shutdown = shutdown.clone();
         let lost = leadership.as_ref().map(|l| l.lost());
@@ -276,7 +303,10 @@ async fn run(args: Args) -> Result<(), String> {
     .await;
     if let Some(held) = leadership {
         if held.is_lost() {
-            outcome = Err("lost the leader Lease to another replica; stopped acting".to_string());
+            outcome = Err(
+                "stopped acting: lost the leader Lease, or could not renew it within the renew deadline"
+                    .to_string(),
+            );
         }
         held.release().await;
     }
@@ -284,89 +314,6 @@ async fn run(args: Args) -> Result<(), String> {
     let _ = server.await;
     tracing::info!("stopped");
     outcome
-}
-
-struct Lease {
-    name: String,
-    namespace: String,
-    duration: u64,
-}
-
-/// The Lease while this replica holds it.
-struct Held {
-    state: tokio::sync::watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<
-        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
-    >,
-}
-
-impl Lease {
-    /// Waits until this replica holds the Lease (`Some`) or is told to stop first (`None`).
-    async fn acquire(
-        self,
-        client: Client,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<Option<Held>, String> {
-        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            format!("{}-{}", host.trim(), std::process::id())
-        });
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &self.name)
-            .with_namespace(&self.namespace)
-            .with_identity(&identity)
-            .with_duration(self.duration)
-            .with_grace((self.duration / 3).max(1))
-            .build()
-            .await
-            .map_err(|e| {
-                format!(
-                    "leader election on Lease {}/{}: {e}",
-                    self.namespace, self.name
-                )
-            })?;
-        let (mut state, task) = manager.watch().await;
-        tracing::info!(lease = %self.name, namespace = %self.namespace, %identity, "waiting to hold the leader Lease");
-        let held = tokio::select! {
-            held = state.wait_for(|leader| *leader) => held.map(|_| true),
-            _ = shutdown => Ok(false),
-        };
-        match held {
-            Ok(true) => {
-                tracing::info!(%identity, "holding the leader Lease; acting");
-                Ok(Some(Held { state, task }))
-            }
-            Ok(false) => {
-                drop(state);
-                let _ = task.await;
-                Ok(None)
-            }
-            Err(_) => Err("leader election stopped before the Lease was held".into()),
-        }
-    }
-}
-
-impl Held {
-    /// Resolves when the Lease is lost.
-    fn lost(&self) -> impl std::future::Future<Output = ()> + use<> {
-        let mut state = self.state.clone();
-        async move {
-            let _ = state.wait_for(|leader| !*leader).await;
-            tracing::error!("lost the leader Lease; stopping");
-        }
-    }
-
-    fn is_lost(&self) -> bool {
-        !*self.state.borrow()
-    }
-
-    /// Gives the Lease up at once, so that a standby takes over without waiting for it to expire.
-    async fn release(self) {
-        drop(self.state);
-        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
-            Ok(Ok(Ok(_))) => tracing::info!("released the leader Lease"),
-            other => tracing::warn!(?other, "releasing the leader Lease did not complete"),
-        }
-    }
 }
 
 /// Fails fast, with the fix, when the CRD is not installed.

@@ -39,9 +39,17 @@ struct Args {
     #[arg(long, env = "GITDEV_API_URL", default_value = "https://api.git.dev/v1")]
     api_url: String,
 
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: every namespace). Each needs
+    /// only namespaced permissions (the chart renders one Role per namespace): no cluster-wide
+    /// read of Secrets. `--namespace` is the same flag.
+    #[arg(
+        long = "namespaces",
+        visible_alias = "namespace",
+        env = "WATCH_NAMESPACE",
+        value_delimiter = ',',
+        value_name = "NAMESPACE,..."
+    )]
+    namespaces: Vec<String>,
 
     /// How many objects are reconciled at the same time.
     /// Reconciles mostly wait (for the API's rate budget, for Kubernetes), so this is set well
@@ -189,6 +197,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let namespaces = watch_namespaces(&args.namespaces)?;
     let lease_timing = if args.leader_election {
         Some(leader::Timing::new(
             args.lease_duration_seconds,
@@ -200,7 +209,7 @@ async fn run(args: Args) -> Result<(), String> {
     let client = Client::try_default()
         .await
         .map_err(|e| format!("cannot reach Kubernetes (in-cluster config or KUBECONFIG): {e}"))?;
-    check_crd(&client, args.namespace.as_deref()).await?;
+    check_crd(&client, &namespaces).await?;
 
     let metrics = Arc::new(Metrics::new());
     let mut config = ClientConfig::new(&args.api_url).with_observer(metrics.clone());
@@ -222,7 +231,7 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("--metrics-addr {}: {e}", args.metrics_addr))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(addr = %local, api_url = %args.api_url, namespace = ?args.namespace, "gitdev-operator starting");
+    tracing::info!(addr = %local, api_url = %args.api_url, ?namespaces, "gitdev-operator starting");
     // Tests and scripts read the bound address from this line.
     println!("gitdev-operator metrics on http://{local}");
 
@@ -244,7 +253,7 @@ async fn run(args: Args) -> Result<(), String> {
         ..Config::default()
     };
     let options = RunOptions {
-        namespace: args.namespace,
+        namespaces,
         concurrency: args.concurrency,
     };
 
@@ -316,17 +325,110 @@ async fn run(args: Args) -> Result<(), String> {
     outcome
 }
 
-/// Fails fast, with the fix, when the CRD is not installed.
-async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), String> {
-    let api: Api<GitDeployment> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+/// The namespaces of `--namespaces` (empty: every namespace), each checked to be a namespace
+/// name and named once.
+fn watch_namespaces(raw: &[String]) -> Result<Vec<String>, String> {
+    let names: Vec<&str> = raw.iter().map(|n| n.trim()).collect();
+    if names.iter().all(|n| n.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let listed = names.join(",");
+    let mut namespaces: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        if name.is_empty() {
+            return Err(format!(
+                "--namespaces {listed}: an empty namespace name; separate names with single commas, or leave the flag out to watch every namespace"
+            ));
+        }
+        let label = name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !label {
+            return Err(format!(
+                "--namespaces: {name:?} is not a namespace name (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
+            ));
+        }
+        if namespaces.iter().any(|n| n == name) {
+            return Err(format!(
+                "--namespaces {listed}: {name} is named twice; name each namespace once"
+            ));
+        }
+        namespaces.push(name.to_string());
+    }
+    Ok(namespaces)
+}
+
+/// Fails fast, with the fix, when the CRD is not installed or a watched namespace cannot be
+/// read.
+async fn check_crd(client: &Client, namespaces: &[String]) -> Result<(), String> {
+    let apis: Vec<(Api<GitDeployment>, String)> = if namespaces.is_empty() {
+        vec![(Api::all(client.clone()), "in any namespace".to_string())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| {
+                (
+                    Api::namespaced(client.clone(), ns),
+                    format!("in namespace {ns}"),
+                )
+            })
+            .collect()
     };
-    match api.list(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(
-            "the CRD gitdeployments.git.dev is not installed: kubectl apply --server-side -f crds/gitdeployments.git.dev.yaml (or install the Helm chart)".into(),
-        ),
-        Err(e) => Err(format!("cannot list gitdeployments.git.dev: {e}")),
+    for (api, scope) in apis {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Err(
+                "the CRD gitdeployments.git.dev is not installed: kubectl apply --server-side -f crds/gitdeployments.git.dev.yaml (or install the Helm chart)".into(),
+            ),
+            Err(e) => return Err(format!("cannot list gitdeployments.git.dev {scope}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watch_namespaces;
+
+    fn parse(raw: &[&str]) -> Result<Vec<String>, String> {
+        watch_namespaces(&raw.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn namespaces_are_listed_once_each_and_nothing_or_blank_means_every_namespace() {
+        assert_eq!(parse(&[]), Ok(vec![]));
+        assert_eq!(parse(&[""]), Ok(vec![]));
+        assert_eq!(parse(&["apps"]), Ok(vec!["apps".to_string()]));
+        assert_eq!(
+            parse(&["team-a", " team-b "]),
+            Ok(vec!["team-a".to_string(), "team-b".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_bad_namespace_list_is_refused_with_the_flag_and_the_fix() {
+        for (raw, message) in [
+            (
+                &["a", "", "b"][..],
+                "--namespaces a,,b: an empty namespace name; separate names with single commas",
+            ),
+            (
+                &["Team_A"][..],
+                "--namespaces: \"Team_A\" is not a namespace name (lowercase letters",
+            ),
+            (&["-apps"][..], "\"-apps\" is not a namespace name"),
+            (
+                &["apps", "apps"][..],
+                "--namespaces apps,apps: apps is named twice; name each namespace once",
+            ),
+        ] {
+            let err = parse(raw).unwrap_err();
+            assert!(err.contains(message), "{raw:?}: {err}");
+        }
+        assert!(parse(&[&"a".repeat(64)]).is_err());
+        assert!(parse(&[&"a".repeat(63)]).is_ok());
     }
 }

@@ -207,6 +207,20 @@ pub fn operator_rules() -> Value {
     ])
 }
 
+/// A binding of the release `gitdev` in `gitdev-system`: it grants the `role_kind`
+/// (`Role`/`ClusterRole`) `gitdev-gitdev-operator` to the chart's ServiceAccount, and only to it.
+#[track_caller]
+pub fn assert_binds_the_service_account(binding: &Value, role_kind: &str) {
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": "gitdev-gitdev-operator"})
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "gitdev-gitdev-operator", "namespace": "gitdev-system"}])
+    );
+}
+
 /// The rules of leader election: only the one Lease, and creating it.
 pub fn lease_rules(lease: &str) -> Value {
     json!([

@@ -62,15 +62,19 @@ fn service_account_kubeconfig(c: &Cluster, ns: &str, sa: &str) -> PathBuf {
     path
 }
 
-/// Starts gitdev-operator exactly as the chart's Deployment configures it (its env), as the
-/// chart's ServiceAccount. Only the metrics address is moved to a free loopback port.
+/// Applies the chart's ServiceAccount and RBAC (of release `release`), then starts
+/// gitdev-operator exactly as the chart's Deployment configures it (its env), as that
+/// ServiceAccount, in pod `pod_name`. Only the metrics address is moved to a free loopback port.
 fn start_operator_as_the_chart_does(
     c: &Cluster,
     r: &Rendered,
     release_ns: &str,
-    kubeconfig: &Path,
+    release: &str,
     pod_name: &str,
 ) -> Proc {
+    apply_identity(c, r);
+    let kubeconfig =
+        service_account_kubeconfig(c, release_ns, &format!("{release}-gitdev-operator"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitdev-operator"));
     cmd.env_clear().env("KUBECONFIG", kubeconfig);
     for e in r.container()["env"].as_array().unwrap() {
@@ -225,11 +229,9 @@ fn the_operator_with_only_the_charts_cluster_wide_rbac_and_leader_election_takes
         &format!("apiUrl: {}\nreplicas: 2\n", sim.api_url()),
     );
     assert!(r.env("WATCH_NAMESPACE").is_none());
-    apply_identity(c, &r);
     let sa = format!("{release}-gitdev-operator");
-    let kubeconfig = service_account_kubeconfig(c, &release_ns, &sa);
     let pod = format!("{sa}-7d9f8b6c5-x2x4z");
-    let operator = start_operator_as_the_chart_does(c, &r, &release_ns, &kubeconfig, &pod);
+    let operator = start_operator_as_the_chart_does(c, &r, &release_ns, &release, &pod);
     // It holds its Lease, in the release namespace, under its pod's name.
     eventually(WAIT, "the operator to hold its Lease", || {
         assert_never_refused(&operator);
@@ -268,10 +270,55 @@ fn the_operator_with_only_the_charts_namespaced_rbac_takes_an_object_in_its_watc
         ),
     );
     assert!(r.all("ClusterRole").is_empty());
-    apply_identity(c, &r);
-    let sa = format!("{release}-gitdev-operator");
-    let kubeconfig = service_account_kubeconfig(c, &release_ns, &sa);
-    let operator =
-        start_operator_as_the_chart_does(c, &r, &release_ns, &kubeconfig, &format!("{sa}-0"));
+    let pod = format!("{release}-gitdev-operator-0");
+    let operator = start_operator_as_the_chart_does(c, &r, &release_ns, &release, &pod);
     drive_a_full_lifecycle(c, &sim, &operator, &apps, "team-token");
+}
+
+#[test]
+fn the_operator_with_only_the_charts_rbac_for_two_namespaces_takes_an_object_through_its_lifecycle_in_each_and_leaves_other_namespaces_alone()
+ {
+    let _one = ONE_OPERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cluster();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let release_ns = rt.block_on(c.namespace("helm-multi"));
+    let team_a = rt.block_on(c.namespace("helm-multi-a"));
+    let team_b = rt.block_on(c.namespace("helm-multi-b"));
+    let unlisted = rt.block_on(c.namespace("helm-multi-unlisted"));
+    let sim = Sim::start(0.5);
+    let release = format!("w{}", &release_ns[release_ns.len() - 10..]);
+    let r = template(
+        &release,
+        &release_ns,
+        &format!(
+            "apiUrl: {}\nwatchNamespaces: [{team_a}, {team_b}]\n",
+            sim.api_url()
+        ),
+    );
+    assert_eq!(r.env_value("WATCH_NAMESPACE"), format!("{team_a},{team_b}"));
+    // An object where the operator may not look: it must stay untouched.
+    let object = "apiVersion: git.dev/v1alpha1\nkind: Deployment\nmetadata:\n  name: elsewhere\nspec:\n  projectId: proj_8f3k29\n  branch: main\n";
+    c.kubectl_with_stdin(["-n", &unlisted, "apply", "-f", "-"], object)
+        .expect_success();
+    let pod = format!("{release}-gitdev-operator-0");
+    let operator = start_operator_as_the_chart_does(c, &r, &release_ns, &release, &pod);
+    for ns in [&team_a, &team_b] {
+        drive_a_full_lifecycle(c, &sim, &operator, ns, "gitdev-credentials");
+    }
+    let elsewhere: Value = serde_json::from_str(
+        &kubectl_in(
+            c,
+            &unlisted,
+            &["get", "gitdeployment", "elsewhere", "-o", "json"],
+        )
+        .expect_success(),
+    )
+    .unwrap();
+    // (The CRD's schema defaults `status.observedGeneration` to 0: that is no sign of the operator.)
+    assert!(elsewhere["status"]["conditions"].is_null(), "{elsewhere}");
+    assert!(elsewhere["metadata"]["finalizers"].is_null(), "{elsewhere}");
+    assert!(
+        elsewhere["metadata"]["annotations"]["git.dev/state"].is_null(),
+        "{elsewhere}"
+    );
 }

@@ -10,9 +10,14 @@ fn the_rendered_chart_passes_server_side_dry_run_on_the_control_plane() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let release_ns = rt.block_on(c.namespace("helm-dry"));
     let apps = rt.block_on(c.namespace("helm-dry-apps"));
+    let billing = rt.block_on(c.namespace("helm-dry-billing"));
     let argocd = rt.block_on(c.namespace("helm-dry-argocd"));
     let all_values = read("charts/gitdev-operator/ci/all-values.yaml")
         .replace("watchNamespace: apps", &format!("watchNamespace: {apps}"))
+        .replace(
+            "  - apps\n  - billing\n",
+            &format!("  - {apps}\n  - {billing}\n"),
+        )
         .replace("namespace: argocd", &format!("namespace: {argocd}"))
         // The ServiceMonitor CRD is not installed here.
         .replace(
@@ -186,4 +191,47 @@ fn kubectl_auth_can_i_shows_the_service_account_may_do_what_the_operator_needs_a
     ));
     assert!(!can("delete", "gitdeployments.git.dev", Some(apps)));
     assert!(!can("patch", "secrets", Some(apps)));
+}
+
+#[test]
+fn with_a_list_of_namespaces_the_service_account_reads_secrets_in_those_namespaces_only() {
+    let c = cluster();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let release_ns = rt.block_on(c.namespace("helm-cani-list"));
+    let team_a = rt.block_on(c.namespace("helm-cani-team-a"));
+    let team_b = rt.block_on(c.namespace("helm-cani-team-b"));
+    let other = rt.block_on(c.namespace("helm-cani-unlisted"));
+    let release = format!("m{}", &release_ns[release_ns.len() - 10..]);
+    let r = template(
+        &release,
+        &release_ns,
+        &format!("watchNamespaces: [{team_a}, {team_b}]\n"),
+    );
+    assert!(r.all("ClusterRole").is_empty() && r.all("ClusterRoleBinding").is_empty());
+    apply_identity(c, &r);
+    let sa = format!("system:serviceaccount:{release_ns}:{release}-gitdev-operator");
+    let can = |verb: &str, resource: &str, ns: Option<&str>| can_i(c, &sa, verb, resource, ns);
+    for ns in [&team_a, &team_b] {
+        let ns = Some(ns.as_ref());
+        for verb in ["get", "list", "watch"] {
+            assert!(can(verb, "secrets", ns), "{verb} secrets in {ns:?}");
+            assert!(can(verb, "gitdeployments.git.dev", ns), "{ns:?}");
+        }
+        assert!(can("patch", "gitdeployments.git.dev", ns));
+        assert!(can(
+            "patch",
+            "gitdeployments.git.dev --subresource=status",
+            ns
+        ));
+        assert!(can("create", "events.events.k8s.io", ns));
+        assert!(!can("patch", "secrets", ns));
+    }
+    // Not in a namespace left off the list, not in its own, not cluster-wide.
+    for ns in [Some(other.as_ref()), Some(release_ns.as_ref()), None] {
+        for verb in ["get", "list", "watch"] {
+            assert!(!can(verb, "secrets", ns), "{verb} secrets in {ns:?}");
+        }
+        assert!(!can("list", "gitdeployments.git.dev", ns), "{ns:?}");
+        assert!(!can("create", "events.events.k8s.io", ns), "{ns:?}");
+    }
 }

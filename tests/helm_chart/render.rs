@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::cluster::repo_path;
 use crate::helm::*;
@@ -120,14 +120,7 @@ fn default_values_render_one_hardened_operator_pod_with_probes_and_a_cluster_rol
     // permission without leader election.
     assert_eq!(r.one("ClusterRole")["rules"], operator_rules());
     let binding = r.one("ClusterRoleBinding");
-    assert_eq!(
-        binding["roleRef"],
-        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "gitdev-gitdev-operator"})
-    );
-    assert_eq!(
-        binding["subjects"],
-        json!([{"kind": "ServiceAccount", "name": "gitdev-gitdev-operator", "namespace": "gitdev-system"}])
-    );
+    assert_binds_the_service_account(binding, "ClusterRole");
 
     // The metrics Service selects exactly the operator's pods.
     let service = r.one("Service");
@@ -179,18 +172,53 @@ fn watch_namespace_renders_a_role_and_binding_in_that_namespace_and_nothing_clus
     assert_eq!(role["rules"], operator_rules());
     let binding = r.one("RoleBinding");
     assert_eq!(binding["metadata"]["namespace"], "apps");
-    assert_eq!(
-        binding["roleRef"],
-        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gitdev-gitdev-operator"})
-    );
-    assert_eq!(
-        binding["subjects"],
-        json!([{"kind": "ServiceAccount", "name": "gitdev-gitdev-operator", "namespace": "gitdev-system"}])
-    );
+    assert_binds_the_service_account(binding, "Role");
     // Everything else stays in the release namespace.
     for kind in ["ServiceAccount", "Deployment", "Service", "Secret"] {
         assert_eq!(r.one(kind)["metadata"]["namespace"], "gitdev-system");
     }
+}
+
+#[test]
+fn watch_namespaces_render_one_role_and_binding_per_namespace_and_nothing_cluster_wide() {
+    let r = template(
+        "gitdev",
+        "gitdev-system",
+        "watchNamespaces: [team-a, team-b]\n",
+    );
+    assert!(r.all("ClusterRole").is_empty() && r.all("ClusterRoleBinding").is_empty());
+    assert_eq!(r.env_value("WATCH_NAMESPACE"), "team-a,team-b");
+    let in_namespace = |kind: &str| -> Vec<&str> {
+        r.all(kind)
+            .iter()
+            .filter(|o| o["metadata"]["name"] == "gitdev-gitdev-operator")
+            .map(|o| o["metadata"]["namespace"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(in_namespace("Role"), ["team-a", "team-b"]);
+    assert_eq!(in_namespace("RoleBinding"), ["team-a", "team-b"]);
+    for ns in ["team-a", "team-b"] {
+        let role = r
+            .all("Role")
+            .into_iter()
+            .find(|o| o["metadata"]["namespace"] == ns)
+            .unwrap();
+        assert_eq!(role["rules"], operator_rules());
+        let binding = r
+            .all("RoleBinding")
+            .into_iter()
+            .find(|o| o["metadata"]["namespace"] == ns)
+            .unwrap();
+        assert_binds_the_service_account(binding, "Role");
+    }
+    // The older single value joins the list; a namespace named in both is watched once.
+    let r = template(
+        "gitdev",
+        "gitdev-system",
+        "watchNamespace: team-a\nwatchNamespaces: [team-b, team-a]\n",
+    );
+    assert_eq!(r.env_value("WATCH_NAMESPACE"), "team-b,team-a");
+    assert_eq!(r.all("Role").len(), 2);
 }
 
 #[test]
@@ -299,7 +327,7 @@ fn every_value_set_lands_where_it_belongs() {
             "GITDEV_API_URL",
             "http://gitdev-sim.gitdev-system.svc:8080/v1",
         ),
-        ("WATCH_NAMESPACE", "apps"),
+        ("WATCH_NAMESPACE", "apps,billing"),
         ("GITDEV_DEFAULT_CREDENTIALS_SECRET", "team-token"),
         ("GITDEV_CONCURRENCY", "4"),
         ("GITDEV_METRICS_ADDR", "0.0.0.0:9090"),
@@ -340,10 +368,13 @@ fn every_value_set_lands_where_it_belongs() {
         sm["spec"]["endpoints"],
         json!([{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}])
     );
-    assert_eq!(
-        r.named("Role", "gitdev-all")["metadata"]["namespace"],
-        "apps"
-    );
+    let watched: Vec<&Value> = r
+        .all("Role")
+        .into_iter()
+        .filter(|o| o["metadata"]["name"] == "gitdev-all")
+        .map(|o| &o["metadata"]["namespace"])
+        .collect();
+    assert_eq!(watched, [&json!("apps"), &json!("billing")]);
     assert_eq!(
         r.named("Role", "gitdev-all-leader-election")["rules"],
         lease_rules("gitdev-all-leader")

@@ -125,6 +125,18 @@ fn a_wrong_value_fails_helm_template_with_the_schemas_message() {
             "watchNamespace: Does not match pattern",
         ),
         (
+            "watchNamespaces: [apps, Team_A]\n",
+            "watchNamespaces.1: Does not match pattern",
+        ),
+        (
+            "watchNamespaces: [apps, apps]\n",
+            "watchNamespaces: array items[0,1] must be unique",
+        ),
+        (
+            "watchNamespaces: apps\n",
+            "watchNamespaces: Invalid type. Expected: array, given: string",
+        ),
+        (
             "leaderElection:\n  enabled: \"yes\"\n",
             "leaderElection.enabled: Invalid type. Expected: boolean",
         ),

@@ -42,6 +42,11 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* The watched namespaces, comma-separated (WATCH_NAMESPACE): watchNamespace and watchNamespaces together, each once. Empty: every namespace. */}}
+{{- define "gitdev-operator.watchNamespaces" -}}
+{{- concat .Values.watchNamespaces (list .Values.watchNamespace) | compact | uniq | join "," }}
+{{- end }}
+
 {{/* Whether the operator runs with leader election: asked for, or needed because several replicas run. */}}
 {{- define "gitdev-operator.leaderElection" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) }}true{{- end }}

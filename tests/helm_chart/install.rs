@@ -89,7 +89,7 @@ fn helm_install_creates_the_crd_keeps_the_fingerprint_key_across_upgrades_and_un
     );
 
     // Upgrades keep the key (Helm's lookup finds the Secret).
-    helm_in(&["upgrade", release, CHART, "--set", "replicas=2"]).expect_success();
+    helm_in(&["upgrade", release, CHART, "--set", "replicas=1"]).expect_success();
     assert_eq!(key(), first, "an upgrade must keep the fingerprint key");
     helm_in(&[
         "upgrade",

@@ -165,9 +165,14 @@ fn kubectl_auth_can_i_shows_the_service_account_may_do_what_the_operator_needs_a
         no(verb, &lease, Some(apps));
     }
 
-    // One watched namespace: nothing anywhere else, nothing cluster-wide, no Lease.
+    // One watched namespace and one replica: nothing anywhere else, nothing cluster-wide, no
+    // Lease.
     let release = format!("n{}", &release_ns[release_ns.len() - 10..]);
-    let r = template(&release, release_ns, &format!("watchNamespace: {apps}\n"));
+    let r = template(
+        &release,
+        release_ns,
+        &format!("watchNamespace: {apps}\nreplicas: 1\n"),
+    );
     apply_identity(c, &r);
     let sa = format!("system:serviceaccount:{release_ns}:{release}-gitdev-operator");
     let can = |verb: &str, resource: &str, ns: Option<&str>| can_i(c, &sa, verb, resource, ns);

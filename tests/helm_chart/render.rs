@@ -8,7 +8,7 @@ use crate::common::cluster::repo_path;
 use crate::helm::*;
 
 #[test]
-fn default_values_render_one_hardened_operator_pod_with_probes_and_a_cluster_role_of_exactly_the_verbs_it_uses()
+fn default_values_render_two_hardened_leader_elected_operator_pods_with_probes_a_disruption_budget_and_a_cluster_role_of_exactly_the_verbs_it_uses()
  {
     let r = template("gitdev", "gitdev-system", "");
     assert_eq!(
@@ -17,6 +17,9 @@ fn default_values_render_one_hardened_operator_pod_with_probes_and_a_cluster_rol
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Secret",
             "Service",
             "ServiceAccount"
@@ -37,9 +40,10 @@ fn default_values_render_one_hardened_operator_pod_with_probes_and_a_cluster_rol
 
     let deployment = r.one("Deployment");
     assert_eq!(deployment["metadata"]["name"], "gitdev-gitdev-operator");
-    assert_eq!(deployment["spec"]["replicas"], 1);
-    // Without leader election two pods must never overlap, not even during a rollout.
-    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    // Two replicas: one acts, the other stands by with leader election; a rollout starts the
+    // new pod as a standby before the old one goes.
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "gitdev-gitdev-operator");
     assert_eq!(
@@ -85,9 +89,12 @@ fn default_values_render_one_hardened_operator_pod_with_probes_and_a_cluster_rol
     );
     assert_eq!(r.env_value("GITDEV_METRICS_ADDR"), "0.0.0.0:8080");
     assert_eq!(r.env_value("GITDEV_LOG_FORMAT"), "json");
-    assert_eq!(r.env_value("GITDEV_LEADER_ELECTION"), "false");
+    assert_eq!(r.env_value("GITDEV_LEADER_ELECTION"), "true");
+    assert_eq!(r.env_value("GITDEV_LEASE_NAME"), "gitdev-gitdev-operator");
+    assert_eq!(r.env_value("GITDEV_LEASE_DURATION_SECONDS"), "15");
+    // The renew deadline is the operator's default (two thirds of the Lease).
+    assert!(r.env("GITDEV_LEASE_RENEW_DEADLINE_SECONDS").is_none());
     assert!(r.env("WATCH_NAMESPACE").is_none());
-    assert!(r.env("GITDEV_LEASE_NAME").is_none());
     assert_eq!(
         r.env("POD_NAME").unwrap()["valueFrom"],
         json!({"fieldRef": {"fieldPath": "metadata.name"}})
@@ -116,11 +123,25 @@ fn default_values_render_one_hardened_operator_pod_with_probes_and_a_cluster_rol
     let again = template("gitdev", "gitdev-system", "");
     assert_ne!(again.one("Secret")["data"]["key"], key);
 
-    // RBAC: a ClusterRole of exactly the operator's calls, bound to its ServiceAccount; no Lease
-    // permission without leader election.
+    // RBAC: a ClusterRole of exactly the operator's calls, bound to its ServiceAccount, and the
+    // Lease's Role in the release namespace.
     assert_eq!(r.one("ClusterRole")["rules"], operator_rules());
     let binding = r.one("ClusterRoleBinding");
     assert_binds_the_service_account(binding, "ClusterRole");
+    assert_eq!(
+        r.named("Role", "gitdev-gitdev-operator-leader-election")["rules"],
+        lease_rules("gitdev-gitdev-operator")
+    );
+
+    // Drains and upgrades take one of the two pods at a time.
+    let pdb = r.one("PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert_eq!(pdb["metadata"]["name"], "gitdev-gitdev-operator");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
 
     // The metrics Service selects exactly the operator's pods.
     let service = r.one("Service");
@@ -167,10 +188,10 @@ fn watch_namespace_renders_a_role_and_binding_in_that_namespace_and_nothing_clus
     let r = template("gitdev", "gitdev-system", "watchNamespace: apps\n");
     assert!(r.all("ClusterRole").is_empty() && r.all("ClusterRoleBinding").is_empty());
     assert_eq!(r.env_value("WATCH_NAMESPACE"), "apps");
-    let role = r.one("Role");
+    let role = r.named("Role", "gitdev-gitdev-operator");
     assert_eq!(role["metadata"]["namespace"], "apps");
     assert_eq!(role["rules"], operator_rules());
-    let binding = r.one("RoleBinding");
+    let binding = r.named("RoleBinding", "gitdev-gitdev-operator");
     assert_eq!(binding["metadata"]["namespace"], "apps");
     assert_binds_the_service_account(binding, "Role");
     // Everything else stays in the release namespace.
@@ -218,12 +239,21 @@ fn watch_namespaces_render_one_role_and_binding_per_namespace_and_nothing_cluste
         "watchNamespace: team-a\nwatchNamespaces: [team-b, team-a]\n",
     );
     assert_eq!(r.env_value("WATCH_NAMESPACE"), "team-b,team-a");
-    assert_eq!(r.all("Role").len(), 2);
+    let watched = r
+        .all("Role")
+        .into_iter()
+        .filter(|o| o["metadata"]["name"] == "gitdev-gitdev-operator")
+        .count();
+    assert_eq!(watched, 2);
 }
 
 #[test]
 fn two_replicas_turn_on_leader_election_with_a_lease_role_in_the_release_namespace_only() {
-    for values in ["replicas: 2\n", "leaderElection:\n  enabled: true\n"] {
+    for values in [
+        "",
+        "replicas: 2\n",
+        "replicas: 1\nleaderElection:\n  enabled: true\n",
+    ] {
         let r = template("gitdev", "gitdev-system", values);
         assert_eq!(r.env_value("GITDEV_LEADER_ELECTION"), "true", "{values}");
         assert_eq!(r.env_value("GITDEV_LEASE_NAME"), "gitdev-gitdev-operator");
@@ -247,6 +277,44 @@ fn two_replicas_turn_on_leader_election_with_a_lease_role_in_the_release_namespa
     }
     let r = template("gitdev", "gitdev-system", "replicas: 3\n");
     assert_eq!(r.one("Deployment")["spec"]["replicas"], 3);
+    assert_eq!(r.one("PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
+    let r = template(
+        "gitdev",
+        "gitdev-system",
+        "leaderElection:\n  leaseDurationSeconds: 30\n  renewDeadlineSeconds: 12\n",
+    );
+    assert_eq!(r.env_value("GITDEV_LEASE_DURATION_SECONDS"), "30");
+    assert_eq!(r.env_value("GITDEV_LEASE_RENEW_DEADLINE_SECONDS"), "12");
+}
+
+#[test]
+fn one_replica_runs_without_leader_election_with_the_recreate_strategy_and_no_disruption_budget() {
+    let r = template("gitdev", "gitdev-system", "replicas: 1\n");
+    let deployment = r.one("Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    // Without leader election two pods must never overlap, not even during a rollout.
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(r.env_value("GITDEV_LEADER_ELECTION"), "false");
+    assert!(r.env("GITDEV_LEASE_NAME").is_none());
+    assert!(r.env("GITDEV_LEASE_RENEW_DEADLINE_SECONDS").is_none());
+    // No Lease permission without leader election, and no budget that could block a drain.
+    assert!(r.all("Role").is_empty() && r.all("RoleBinding").is_empty());
+    assert!(r.all("PodDisruptionBudget").is_empty());
+    assert_eq!(r.one("ClusterRole")["rules"], operator_rules());
+    // With leader election asked for, a single pod still gets no budget.
+    let r = template(
+        "gitdev",
+        "gitdev-system",
+        "replicas: 1\nleaderElection:\n  enabled: true\n",
+    );
+    assert!(r.all("PodDisruptionBudget").is_empty());
+    // Two replicas but no budget when it is turned off.
+    let r = template(
+        "gitdev",
+        "gitdev-system",
+        "podDisruptionBudget:\n  enabled: false\n",
+    );
+    assert!(r.all("PodDisruptionBudget").is_empty());
 }
 
 #[test]
@@ -289,7 +357,7 @@ fn every_value_set_lands_where_it_belongs() {
     );
     let d = r.one("Deployment");
     assert_eq!(d["metadata"]["name"], "gitdev-all");
-    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["replicas"], 3);
     let pod = &d["spec"]["template"];
     assert_eq!(pod["metadata"]["labels"]["team"], "platform");
     assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/name"], "gdo");
@@ -338,6 +406,7 @@ fn every_value_set_lands_where_it_belongs() {
         ("GITDEV_LEADER_ELECTION", "true"),
         ("GITDEV_LEASE_NAME", "gitdev-all-leader"),
         ("GITDEV_LEASE_DURATION_SECONDS", "20"),
+        ("GITDEV_LEASE_RENEW_DEADLINE_SECONDS", "12"),
         ("RUST_BACKTRACE", "1"),
         ("GITDEV_RECHECK_FINISHED_SECONDS", "120"),
     ] {
@@ -345,6 +414,8 @@ fn every_value_set_lands_where_it_belongs() {
     }
     // An existing fingerprint Secret is used, and none is created.
     assert!(r.all("Secret").is_empty());
+    // Three replicas, but the disruption budget is turned off.
+    assert!(r.all("PodDisruptionBudget").is_empty());
     assert_eq!(
         r.env("GITDEV_FINGERPRINT_KEY").unwrap()["valueFrom"]["secretKeyRef"],
         json!({"name": "gitdev-fingerprint-key", "key": "key"})

@@ -141,6 +141,18 @@ fn a_wrong_value_fails_helm_template_with_the_schemas_message() {
             "leaderElection.enabled: Invalid type. Expected: boolean",
         ),
         (
+            "leaderElection:\n  leaseDurationSeconds: 2\n",
+            "leaderElection.leaseDurationSeconds: Must be greater than or equal to 3",
+        ),
+        (
+            "leaderElection:\n  renewDeadlineSeconds: -1\n",
+            "leaderElection.renewDeadlineSeconds: Must be greater than or equal to 0",
+        ),
+        (
+            "podDisruptionBudget:\n  maxUnavailable: 2\n",
+            "Additional property maxUnavailable is not allowed",
+        ),
+        (
             "serviceMonitor:\n  enable: true\n",
             "Additional property enable is not allowed",
         ),
@@ -157,7 +169,24 @@ fn a_wrong_value_fails_helm_template_with_the_schemas_message() {
             "{values}: expected {message:?} in {err}"
         );
     }
-    // Not a schema matter, but as clear: a ServiceAccount the chart does not create needs a name.
+    // Not schema matters, but as clear: a renew deadline that does not fit below the Lease…
+    for (values, message) in [
+        (
+            "leaderElection:\n  renewDeadlineSeconds: 15\n",
+            "leaderElection.renewDeadlineSeconds (15) must be less than leaderElection.leaseDurationSeconds (15), so that a leader that cannot renew stops before another replica can take over",
+        ),
+        (
+            "leaderElection:\n  renewDeadlineSeconds: 1\n",
+            "leaderElection.renewDeadlineSeconds: 1 is too short; use 0 (two thirds of leaderElection.leaseDurationSeconds) or at least 2",
+        ),
+    ] {
+        let err = try_template("gitdev", "gitdev-system", values).expect_failure();
+        assert!(
+            err.contains(message),
+            "{values}: expected {message:?} in {err}"
+        );
+    }
+    // … and a ServiceAccount the chart does not create needs a name.
     let err = try_template(
         "gitdev",
         "gitdev-system",

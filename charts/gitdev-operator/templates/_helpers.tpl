@@ -52,6 +52,18 @@ app.kubernetes.io/component: operator
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) }}true{{- end }}
 {{- end }}
 
+{{/* leaderElection.renewDeadlineSeconds when set (empty for the operator's default), checked against the Lease duration: the schema cannot compare two values. */}}
+{{- define "gitdev-operator.renewDeadline" -}}
+{{- $deadline := int .Values.leaderElection.renewDeadlineSeconds }}
+{{- $duration := int .Values.leaderElection.leaseDurationSeconds }}
+{{- if eq $deadline 1 }}
+{{- fail "leaderElection.renewDeadlineSeconds: 1 is too short; use 0 (two thirds of leaderElection.leaseDurationSeconds) or at least 2" }}
+{{- else if and (gt $deadline 0) (ge $deadline $duration) }}
+{{- fail (printf "leaderElection.renewDeadlineSeconds (%d) must be less than leaderElection.leaseDurationSeconds (%d), so that a leader that cannot renew stops before another replica can take over; or 0 for two thirds of it" $deadline $duration) }}
+{{- else if gt $deadline 0 }}{{ $deadline }}
+{{- end }}
+{{- end }}
+
 {{- define "gitdev-operator.leaseName" -}}
 {{- default (include "gitdev-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}

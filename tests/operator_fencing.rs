@@ -17,7 +17,15 @@ fn a_leader_frozen_past_its_lease_sends_no_write_after_waking_and_every_change_i
     r.token_secret("sk_test_write");
     r.apply(&gitdeployment("steady", "main", ""))
         .expect_success();
+    r.apply(&gitdeployment(
+        "doomed",
+        "main",
+        "  envVars:\n    DOOMED: \"1\"\n",
+    ))
+    .expect_success();
     r.wait_deployed("steady", WAIT);
+    r.wait_deployed("doomed", WAIT);
+    let doomed = r.deployment_id("doomed");
 
     // Frozen right after a new object reaches the API server: its watch event, and perhaps its
     // reconcile, wait in the frozen process.
@@ -31,7 +39,9 @@ fn a_leader_frozen_past_its_lease_sends_no_write_after_waking_and_every_change_i
         frozen.elapsed().as_secs_f64()
     );
 
-    // While the old leader sleeps: a new spec, and a new object.
+    // While the old leader sleeps: a new spec, a new object, and a deletion (whose cleanup, a
+    // cancel and a delete, needs no Kubernetes write first: only the fence stands between a
+    // woken old leader and a second delete).
     r.apply(&gitdeployment(
         "steady",
         "main",
@@ -44,6 +54,8 @@ fn a_leader_frozen_past_its_lease_sends_no_write_after_waking_and_every_change_i
         "  envVars:\n    LATER: \"1\"\n",
     ))
     .expect_success();
+    r.kubectl(&["delete", "gitdeployment", "doomed", "--timeout=60s"])
+        .expect_success();
     for name in ["steady", "pending", "later"] {
         r.wait_deployed(name, WAIT);
     }
@@ -94,5 +106,9 @@ fn a_leader_frozen_past_its_lease_sends_no_write_after_waking_and_every_change_i
         .map(|name| r.deployment_id(name))
         .collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
+    // The deleted object's deployment was deleted, once.
+    assert_eq!(r.sim.get("sk_test_write", &doomed).0, 404);
+    let deletes = &r.sim.stats()["by_route"]["DELETE /v1/deployments/{id}"]["total"];
+    assert_eq!(deletes, 1, "{deletes}");
     assert_eq!(r.lease_holder(), "replica-b");
 }

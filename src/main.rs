@@ -1,6 +1,8 @@
 //! `gitdev-operator`: reconciles `gitdeployments.git.dev` objects against the git.dev
 //! Deployments API.
 
+mod leader;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 
 use gitdev::api::{ClientConfig, HttpClient};
+use gitdev::controller::fence::{Fence, Fenced};
 use gitdev::controller::{self, Config, RunOptions};
 use gitdev::metrics::Metrics;
 use gitdev::resource::GitDeployment;
@@ -36,9 +39,17 @@ struct Args {
     #[arg(long, env = "GITDEV_API_URL", default_value = "https://api.git.dev/v1")]
     api_url: String,
 
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: every namespace). Each needs
+    /// only namespaced permissions (the chart renders one Role per namespace): no cluster-wide
+    /// read of Secrets. `--namespace` is the same flag.
+    #[arg(
+        long = "namespaces",
+        visible_alias = "namespace",
+        env = "WATCH_NAMESPACE",
+        value_delimiter = ',',
+        value_name = "NAMESPACE,..."
+    )]
+    namespaces: Vec<String>,
 
     /// How many objects are reconciled at the same time.
     /// Reconciles mostly wait (for the API's rate budget, for Kubernetes), so this is set well
@@ -81,7 +92,9 @@ struct Args {
     default_credentials_secret: String,
 
     /// Act only while holding a coordination.k8s.io/v1 Lease, so that several replicas never
-    /// both act. A replica that loses the Lease stops and exits (to be restarted as a standby).
+    /// both act. Every write to the Deployments API (create, cancel, delete) is checked against
+    /// the Lease right before it is sent. A replica that loses the Lease, or cannot renew it
+    /// within the renew deadline, stops and exits (to be restarted as a standby).
     #[arg(long, env = "GITDEV_LEADER_ELECTION")]
     leader_election: bool,
 
@@ -93,9 +106,17 @@ struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
 
-    /// Seconds a leader may go without renewing the Lease before another replica takes over.
+    /// Seconds a leader may go without renewing the Lease before another replica takes over
+    /// (3 to 3600).
     #[arg(long, env = "GITDEV_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
+
+    /// Seconds within which the leader must have renewed the Lease to go on acting; less than
+    /// --lease-duration-seconds (default: two thirds of it), so that a leader that cannot renew
+    /// (API server unreachable, process frozen) stops writing before its Lease can expire and
+    /// another replica takes over. The Lease is renewed every half of it.
+    #[arg(long, env = "GITDEV_LEASE_RENEW_DEADLINE_SECONDS")]
+    lease_renew_deadline_seconds: Option<u64>,
 
     /// Timeout of one Deployments API request, in seconds.
     #[arg(long, env = "GITDEV_API_TIMEOUT_SECONDS", default_value_t = 30)]
@@ -184,10 +205,19 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let namespaces = watch_namespaces(&args.namespaces)?;
+    let lease_timing = if args.leader_election {
+        Some(leader::Timing::new(
+            args.lease_duration_seconds,
+            args.lease_renew_deadline_seconds,
+        )?)
+    } else {
+        None
+    };
     let client = Client::try_default()
         .await
         .map_err(|e| format!("cannot reach Kubernetes (in-cluster config or KUBECONFIG): {e}"))?;
-    check_crd(&client, args.namespace.as_deref()).await?;
+    check_crd(&client, &namespaces).await?;
 
     let metrics = Arc::new(Metrics::new());
     let mut config = ClientConfig::new(&args.api_url).with_observer(metrics.clone());
@@ -209,7 +239,7 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("--metrics-addr {}: {e}", args.metrics_addr))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(addr = %local, api_url = %args.api_url, namespace = ?args.namespace, "gitdev-operator starting");
+    tracing::info!(addr = %local, api_url = %args.api_url, ?namespaces, "gitdev-operator starting");
     // Tests and scripts read the bound address from this line.
     println!("gitdev-operator metrics on http://{local}");
 
@@ -243,17 +273,17 @@ async fn run(args: Args) -> Result<(), String> {
         ..Config::new(controller::keys::Key::new(&key_bytes))
     };
     let options = RunOptions {
-        namespace: args.namespace,
+        namespaces,
         concurrency: args.concurrency,
     };
 
     let shutdown = shutdown_signal().shared();
     let mut outcome = Ok(());
-    let leadership = if args.leader_election {
-        let lease = Lease {
+    let leadership = if let Some(timing) = lease_timing {
+        let lease = leader::Lease {
             name: args.lease_name,
             namespace: args.lease_namespace,
-            duration: args.lease_duration_seconds,
+            timing,
         };
         // A standby replica is healthy and ready: it serves, it just does not act.
         ready.store(true, Ordering::Relaxed);
@@ -268,6 +298,12 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         None
     };
+    // Checked at each write, so that a reconcile already under way when the Lease goes sends
+    // nothing more; `stop_acting` then stops the controller itself.
+    let fence = leadership
+        .as_ref()
+        .map_or_else(Fence::open, |held| Fence::following(held.leading()));
+    let api = Fenced { inner: api, fence };
     let stop_acting = {
         let shutdown = shutdown.clone();
         let lost = leadership.as_ref().map(|l| l.lost());
@@ -296,7 +332,10 @@ async fn run(args: Args) -> Result<(), String> {
     .await;
     if let Some(held) = leadership {
         if held.is_lost() {
-            outcome = Err("lost the leader Lease to another replica; stopped acting".to_string());
+            outcome = Err(
+                "stopped acting: lost the leader Lease, or could not renew it within the renew deadline"
+                    .to_string(),
+            );
         }
         held.release().await;
     }
@@ -306,100 +345,110 @@ async fn run(args: Args) -> Result<(), String> {
     outcome
 }
 
-struct Lease {
-    name: String,
-    namespace: String,
-    duration: u64,
+/// The namespaces of `--namespaces` (empty: every namespace), each checked to be a namespace
+/// name and named once.
+fn watch_namespaces(raw: &[String]) -> Result<Vec<String>, String> {
+    let names: Vec<&str> = raw.iter().map(|n| n.trim()).collect();
+    if names.iter().all(|n| n.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let listed = names.join(",");
+    let mut namespaces: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        if name.is_empty() {
+            return Err(format!(
+                "--namespaces {listed}: an empty namespace name; separate names with single commas, or leave the flag out to watch every namespace"
+            ));
+        }
+        let label = name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !label {
+            return Err(format!(
+                "--namespaces: {name:?} is not a namespace name (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
+            ));
+        }
+        if namespaces.iter().any(|n| n == name) {
+            return Err(format!(
+                "--namespaces {listed}: {name} is named twice; name each namespace once"
+            ));
+        }
+        namespaces.push(name.to_string());
+    }
+    Ok(namespaces)
 }
 
-/// The Lease while this replica holds it.
-struct Held {
-    state: tokio::sync::watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<
-        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
-    >,
-}
-
-impl Lease {
-    /// Waits until this replica holds the Lease (`Some`) or is told to stop first (`None`).
-    async fn acquire(
-        self,
-        client: Client,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<Option<Held>, String> {
-        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            format!("{}-{}", host.trim(), std::process::id())
-        });
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &self.name)
-            .with_namespace(&self.namespace)
-            .with_identity(&identity)
-            .with_duration(self.duration)
-            .with_grace((self.duration / 3).max(1))
-            .build()
-            .await
-            .map_err(|e| {
-                format!(
-                    "leader election on Lease {}/{}: {e}",
-                    self.namespace, self.name
+/// Fails fast, with the fix, when the CRD is not installed or a watched namespace cannot be
+/// read.
+async fn check_crd(client: &Client, namespaces: &[String]) -> Result<(), String> {
+    let apis: Vec<(Api<GitDeployment>, String)> = if namespaces.is_empty() {
+        vec![(Api::all(client.clone()), "in any namespace".to_string())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| {
+                (
+                    Api::namespaced(client.clone(), ns),
+                    format!("in namespace {ns}"),
                 )
-            })?;
-        let (mut state, task) = manager.watch().await;
-        tracing::info!(lease = %self.name, namespace = %self.namespace, %identity, "waiting to hold the leader Lease");
-        let held = tokio::select! {
-            held = state.wait_for(|leader| *leader) => held.map(|_| true),
-            _ = shutdown => Ok(false),
-        };
-        match held {
-            Ok(true) => {
-                tracing::info!(%identity, "holding the leader Lease; acting");
-                Ok(Some(Held { state, task }))
-            }
-            Ok(false) => {
-                drop(state);
-                let _ = task.await;
-                Ok(None)
-            }
-            Err(_) => Err("leader election stopped before the Lease was held".into()),
-        }
-    }
-}
-
-impl Held {
-    /// Resolves when the Lease is lost.
-    fn lost(&self) -> impl std::future::Future<Output = ()> + use<> {
-        let mut state = self.state.clone();
-        async move {
-            let _ = state.wait_for(|leader| !*leader).await;
-            tracing::error!("lost the leader Lease; stopping");
-        }
-    }
-
-    fn is_lost(&self) -> bool {
-        !*self.state.borrow()
-    }
-
-    /// Gives the Lease up at once, so that a standby takes over without waiting for it to expire.
-    async fn release(self) {
-        drop(self.state);
-        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
-            Ok(Ok(Ok(_))) => tracing::info!("released the leader Lease"),
-            other => tracing::warn!(?other, "releasing the leader Lease did not complete"),
-        }
-    }
-}
-
-/// Fails fast, with the fix, when the CRD is not installed.
-async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), String> {
-    let api: Api<GitDeployment> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+            })
+            .collect()
     };
-    match api.list(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(
-            "the CRD gitdeployments.git.dev is not installed: kubectl apply --server-side -f crds/gitdeployments.git.dev.yaml (or install the Helm chart)".into(),
-        ),
-        Err(e) => Err(format!("cannot list gitdeployments.git.dev: {e}")),
+    for (api, scope) in apis {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Err(
+                "the CRD gitdeployments.git.dev is not installed: kubectl apply --server-side -f crds/gitdeployments.git.dev.yaml (or install the Helm chart)".into(),
+            ),
+            Err(e) => return Err(format!("cannot list gitdeployments.git.dev {scope}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watch_namespaces;
+
+    fn parse(raw: &[&str]) -> Result<Vec<String>, String> {
+        watch_namespaces(&raw.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn namespaces_are_listed_once_each_and_nothing_or_blank_means_every_namespace() {
+        assert_eq!(parse(&[]), Ok(vec![]));
+        assert_eq!(parse(&[""]), Ok(vec![]));
+        assert_eq!(parse(&["apps"]), Ok(vec!["apps".to_string()]));
+        assert_eq!(
+            parse(&["team-a", " team-b "]),
+            Ok(vec!["team-a".to_string(), "team-b".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_bad_namespace_list_is_refused_with_the_flag_and_the_fix() {
+        for (raw, message) in [
+            (
+                &["a", "", "b"][..],
+                "--namespaces a,,b: an empty namespace name; separate names with single commas",
+            ),
+            (
+                &["Team_A"][..],
+                "--namespaces: \"Team_A\" is not a namespace name (lowercase letters",
+            ),
+            (&["-apps"][..], "\"-apps\" is not a namespace name"),
+            (
+                &["apps", "apps"][..],
+                "--namespaces apps,apps: apps is named twice; name each namespace once",
+            ),
+        ] {
+            let err = parse(raw).unwrap_err();
+            assert!(err.contains(message), "{raw:?}: {err}");
+        }
+        assert!(parse(&[&"a".repeat(64)]).is_err());
+        assert!(parse(&[&"a".repeat(63)]).is_ok());
     }
 }

@@ -1,18 +1,21 @@
 //! The controller loop: a kube-runtime `Controller` over every `gitdeployments.git.dev`
-//! object, woken by the objects themselves and by the Secrets they refer to.
+//! object of the watched namespaces, woken by the objects themselves and by the Secrets they
+//! refer to.
 
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::stream::BoxStream;
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use super::context::{Config, Context};
 use super::state::ANNOTATION_STATE;
@@ -66,9 +69,162 @@ fn wake_hash(obj: &GitDeployment) -> Option<u64> {
 
 /// Options of the controller loop.
 pub struct RunOptions {
-    /// Watch one namespace only (`--namespace`); every namespace when `None`.
-    pub namespace: Option<String>,
+    /// Watch these namespaces only (`--namespaces`); every namespace when empty.
+    pub namespaces: Vec<String>,
     pub concurrency: u16,
+}
+
+type Events<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+
+/// The watch events of `K` in the watched namespaces, for one reflector `store`: a single
+/// watcher cluster-wide or on one namespace, else one per namespace, merged by [`Merge`].
+fn watch_events<K>(client: &Client, namespaces: &[String], store: &Store<K>) -> Events<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let config = watcher::Config::default();
+    match namespaces {
+        [] => watcher(Api::<K>::all(client.clone()), config)
+            .default_backoff()
+            .boxed(),
+        [one] => watcher(Api::<K>::namespaced(client.clone(), one), config)
+            .default_backoff()
+            .boxed(),
+        several => {
+            let each = several.iter().enumerate().map(|(i, ns)| {
+                watcher(Api::<K>::namespaced(client.clone(), ns), config.clone())
+                    .default_backoff()
+                    .map_ok(move |event| (i, event))
+                    .boxed()
+            });
+            let mut merge = Merge::new(several.to_vec(), store.clone());
+            futures::stream::select_all(each)
+                .map_ok(move |(i, event)| futures::stream::iter(merge.next(i, event)).map(Ok))
+                .try_flatten()
+                .boxed()
+        }
+    }
+}
+
+/// The Secrets of the watched namespaces that change, metadata only (`PartialObjectMeta`
+/// requests): a change of data changes resourceVersion, and no Secret's data needs to reach
+/// the operator for that.
+fn secret_changes(
+    client: &Client,
+    namespaces: &[String],
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    let apis: Vec<Api<PartialObjectMeta<Secret>>> = if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    // Touched Secrets need no store: each namespace's stream stands on its own.
+    futures::stream::select_all(apis.into_iter().map(|api| {
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .boxed()
+    }))
+}
+
+/// Several namespaces' watchers feeding one reflector store. A watcher's `Init` … `InitDone`
+/// means "this is everything", and the store replaces its whole content with it: the objects of
+/// the other namespaces would vanish (and the store would call itself ready after the first
+/// namespace's list). So the first lists of all namespaces are gathered and given to the store
+/// as one list once every namespace has been listed; after that, a namespace's relist (its
+/// watch fell too far behind) becomes applies of what it lists and deletes of its objects that
+/// it no longer lists.
+struct Merge<K: Resource<DynamicType = ()> + 'static> {
+    namespaces: Vec<String>,
+    /// Until every namespace is listed once: each one's objects, and whether its list is done.
+    first: Option<Vec<(BTreeMap<String, K>, bool)>>,
+    /// Per namespace: the names seen by a relist under way.
+    relisting: Vec<Option<HashSet<String>>>,
+    store: Store<K>,
+}
+
+impl<K> Merge<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    fn new(namespaces: Vec<String>, store: Store<K>) -> Self {
+        let n = namespaces.len();
+        Merge {
+            namespaces,
+            first: Some((0..n).map(|_| (BTreeMap::new(), false)).collect()),
+            relisting: vec![None; n],
+            store,
+        }
+    }
+
+    /// The events for the store, given the next `event` of namespace number `i`.
+    fn next(&mut self, i: usize, event: watcher::Event<K>) -> Vec<watcher::Event<K>> {
+        use watcher::Event::*;
+        if let Some(first) = &mut self.first {
+            let Some((objects, listed)) = first.get_mut(i) else {
+                return Vec::new();
+            };
+            match event {
+                Init => {
+                    objects.clear();
+                    *listed = false;
+                }
+                InitApply(o) | Apply(o) => {
+                    objects.insert(o.name_any(), o);
+                }
+                Delete(o) => {
+                    objects.remove(&o.name_any());
+                }
+                InitDone => *listed = true,
+            }
+            if !first.iter().all(|(_, listed)| *listed) {
+                return Vec::new();
+            }
+            let all = self.first.take().unwrap_or_default();
+            let mut events = vec![Init];
+            events.extend(
+                all.into_iter()
+                    .flat_map(|(objects, _)| objects.into_values().map(InitApply)),
+            );
+            events.push(InitDone);
+            return events;
+        }
+        let Some(relisting) = self.relisting.get_mut(i) else {
+            return Vec::new();
+        };
+        match event {
+            Init => {
+                *relisting = Some(HashSet::new());
+                Vec::new()
+            }
+            InitApply(o) => {
+                if let Some(seen) = relisting {
+                    seen.insert(o.name_any());
+                }
+                vec![Apply(o)]
+            }
+            InitDone => {
+                let seen = relisting.take().unwrap_or_default();
+                let ns = self.namespaces.get(i).map(String::as_str);
+                self.store
+                    .state()
+                    .into_iter()
+                    .filter(|o| o.namespace().as_deref() == ns && !seen.contains(&o.name_any()))
+                    .map(|o| Delete(o.as_ref().clone()))
+                    .collect()
+            }
+            event @ (Apply(_) | Delete(_)) => vec![event],
+        }
+    }
 }
 
 /// Runs the controller until `shutdown` resolves. `ready` is told once the object cache is
@@ -82,17 +238,9 @@ pub async fn run<A: DeploymentsApi>(
     ready: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (objects, secrets): (Api<GitDeployment>, Api<PartialObjectMeta<Secret>>) =
-        match &options.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
     let (reader, writer) = reflector::store();
-    let trigger = watcher(objects, watcher::Config::default())
-        .default_backoff()
+    let secret_changes = secret_changes(&client, &options.namespaces);
+    let trigger = watch_events(&client, &options.namespaces, &reader)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(wake_hash, Default::default());
@@ -119,11 +267,6 @@ pub async fn run<A: DeploymentsApi>(
         }
     });
     let index = reader.clone();
-    // Only Secret metadata is watched: a change of data changes resourceVersion, and the
-    // operator never keeps every Secret of the cluster in memory.
-    let secret_changes = watcher(secrets, watcher::Config::default())
-        .default_backoff()
-        .touched_objects();
     Controller::for_stream(trigger, reader)
         .with_config(ControllerConfig::default().concurrency(options.concurrency))
         .watches_stream(secret_changes, move |secret| {
@@ -156,4 +299,137 @@ pub fn recorder(client: Client) -> Recorder {
         instance: std::env::var("POD_NAME").ok(),
     };
     Recorder::new(client, reporter)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+    use kube::runtime::watcher::Event::{self, *};
+
+    use super::*;
+
+    fn cm(ns: &str, name: &str, version: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    /// Two namespaces' events through `Merge` into a real reflector store.
+    struct Merged {
+        merge: Merge<ConfigMap>,
+        writer: reflector::store::Writer<ConfigMap>,
+        store: Store<ConfigMap>,
+    }
+
+    impl Merged {
+        fn new() -> Merged {
+            let (store, writer) = reflector::store();
+            Merged {
+                merge: Merge::new(vec!["a".into(), "b".into()], store.clone()),
+                writer,
+                store,
+            }
+        }
+
+        fn feed(&mut self, ns: usize, events: Vec<Event<ConfigMap>>) {
+            for event in events {
+                for out in self.merge.next(ns, event) {
+                    self.writer.apply_watcher_event(&out);
+                }
+            }
+        }
+
+        /// A whole list of namespace `ns` (`a` or `b`): `(name, resourceVersion)` of each object.
+        fn list(&mut self, ns: usize, objects: &[(&str, &str)]) {
+            let namespace = ["a", "b"][ns];
+            let mut events = vec![Init];
+            events.extend(
+                objects
+                    .iter()
+                    .map(|(name, version)| InitApply(cm(namespace, name, version))),
+            );
+            events.push(InitDone);
+            self.feed(ns, events);
+        }
+
+        /// `ns/name@resourceVersion` of every object in the store, sorted.
+        fn objects(&self) -> Vec<String> {
+            let mut all: Vec<String> = self
+                .store
+                .state()
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{}/{}@{}",
+                        o.namespace().unwrap_or_default(),
+                        o.name_any(),
+                        o.resource_version().unwrap_or_default()
+                    )
+                })
+                .collect();
+            all.sort();
+            all
+        }
+
+        fn ready(&self) -> bool {
+            self.store.wait_until_ready().now_or_never().is_some()
+        }
+    }
+
+    #[test]
+    fn the_store_of_several_namespaces_is_ready_only_once_every_namespace_is_listed() {
+        let mut m = Merged::new();
+        m.list(0, &[("one", "1")]);
+        assert!(!m.ready());
+        assert!(
+            m.objects().is_empty(),
+            "nothing before every namespace is listed"
+        );
+        // Namespace a moves on while b is still listing: nothing of it is lost.
+        m.feed(
+            0,
+            vec![
+                Apply(cm("a", "two", "2")),
+                Apply(cm("a", "one", "3")),
+                Delete(cm("a", "two", "4")),
+            ],
+        );
+        m.feed(1, vec![Init, InitApply(cm("b", "one", "5"))]);
+        assert!(!m.ready());
+        m.feed(1, vec![InitDone]);
+        assert!(m.ready());
+        assert_eq!(m.objects(), ["a/one@3", "b/one@5"]);
+    }
+
+    #[test]
+    fn a_relist_of_one_namespace_keeps_the_other_namespaces_objects_and_drops_only_its_own_vanished_ones()
+     {
+        let mut m = Merged::new();
+        m.list(0, &[("stays", "1"), ("goes", "2")]);
+        m.list(1, &[("goes", "3")]);
+        // A relist of a restarted watch: one object changed, one gone, one new.
+        m.list(0, &[("stays", "6"), ("new", "7")]);
+        assert_eq!(m.objects(), ["a/new@7", "a/stays@6", "b/goes@3"]);
+        // Live events of either namespace apply as they come.
+        m.feed(1, vec![Delete(cm("b", "goes", "8"))]);
+        m.feed(0, vec![Apply(cm("a", "new", "9"))]);
+        assert_eq!(m.objects(), ["a/new@9", "a/stays@6"]);
+        assert!(m.ready());
+    }
+
+    #[test]
+    fn a_namespace_whose_first_list_restarts_lists_only_what_its_last_list_held() {
+        let mut m = Merged::new();
+        m.feed(0, vec![Init, InitApply(cm("a", "old", "1"))]);
+        m.list(0, &[("new", "2")]);
+        m.list(1, &[]);
+        assert_eq!(m.objects(), ["a/new@2"]);
+    }
 }

@@ -1,8 +1,11 @@
 //! Two operator replicas with leader election on one world's namespace and simulator.
 
+use std::process::Command;
 use std::time::Duration;
 
-use super::stack::{Operator, eventually};
+use serde_json::Value;
+
+use super::stack::{Operator, Sim, eventually};
 use super::world::World;
 
 /// The Lease duration the replicas are started with.
@@ -38,6 +41,47 @@ impl TwoReplicas {
     }
 }
 
+/// Sends `signal` (`STOP`, `CONT`, …) to an operator process: SIGSTOP freezes it as a stalled
+/// node or a long GC pause would, with its connections left open.
+pub fn signal(operator: &Operator, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &operator.proc.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {}", operator.proc.pid());
+}
+
+/// Writes the simulator answered (creates, cancels, deletes), whatever their status.
+pub fn writes(sim: &Sim) -> u64 {
+    let stats = sim.stats();
+    [
+        "POST /v1/deployments",
+        "POST /v1/deployments/{id}/cancel",
+        "DELETE /v1/deployments/{id}",
+    ]
+    .iter()
+    .map(|route| stats["by_route"][route]["total"].as_u64().unwrap_or(0))
+    .sum()
+}
+
+/// `(generation, observedGeneration, Ready reason)` of a gitdeployment object as JSON.
+pub fn progress(obj: &Value) -> (i64, i64, String) {
+    let ready = obj["status"]["conditions"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .and_then(|c| c["reason"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    (
+        obj["metadata"]["generation"].as_i64().unwrap_or(0),
+        obj["status"]["observedGeneration"].as_i64().unwrap_or(0),
+        ready,
+    )
+}
+
 impl std::ops::Deref for TwoReplicas {
     type Target = World;
     fn deref(&self) -> &World {
@@ -62,6 +106,15 @@ impl World {
     pub fn wait_for_holder(&self, timeout: Duration, holder: &str) {
         eventually(timeout, &format!("{holder} to hold the lease"), || {
             (self.lease_holder() == holder).then_some(())
+        });
+    }
+
+    /// Waits until the object's current generation is deployed: observed, and Ready=Succeeded.
+    #[track_caller]
+    pub fn wait_deployed(&self, name: &str, timeout: Duration) {
+        eventually(timeout, &format!("{name} to be deployed"), || {
+            let (generation, observed, ready) = progress(&self.get(name));
+            (generation > 0 && observed == generation && ready == "Succeeded").then_some(())
         });
     }
 }

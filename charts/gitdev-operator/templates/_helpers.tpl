@@ -42,9 +42,26 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* The watched namespaces, comma-separated (WATCH_NAMESPACE): watchNamespace and watchNamespaces together, each once. Empty: every namespace. */}}
+{{- define "gitdev-operator.watchNamespaces" -}}
+{{- concat .Values.watchNamespaces (list .Values.watchNamespace) | compact | uniq | join "," }}
+{{- end }}
+
 {{/* Whether the operator runs with leader election: asked for, or needed because several replicas run. */}}
 {{- define "gitdev-operator.leaderElection" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) }}true{{- end }}
+{{- end }}
+
+{{/* leaderElection.renewDeadlineSeconds when set (empty for the operator's default), checked against the Lease duration: the schema cannot compare two values. */}}
+{{- define "gitdev-operator.renewDeadline" -}}
+{{- $deadline := int .Values.leaderElection.renewDeadlineSeconds }}
+{{- $duration := int .Values.leaderElection.leaseDurationSeconds }}
+{{- if eq $deadline 1 }}
+{{- fail "leaderElection.renewDeadlineSeconds: 1 is too short; use 0 (two thirds of leaderElection.leaseDurationSeconds) or at least 2" }}
+{{- else if and (gt $deadline 0) (ge $deadline $duration) }}
+{{- fail (printf "leaderElection.renewDeadlineSeconds (%d) must be less than leaderElection.leaseDurationSeconds (%d), so that a leader that cannot renew stops before another replica can take over; or 0 for two thirds of it" $deadline $duration) }}
+{{- else if gt $deadline 0 }}{{ $deadline }}
+{{- end }}
 {{- end }}
 
 {{- define "gitdev-operator.leaseName" -}}

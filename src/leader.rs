@@ -112,6 +112,8 @@ pub struct Lease {
 pub struct Held {
     /// `true` while this replica leads (see the module doc); once `false`, never `true` again.
     leading: watch::Receiver<bool>,
+    /// Until when this replica may write: see `publish_until`.
+    until: watch::Receiver<Option<Instant>>,
     guard: JoinHandle<()>,
     manager:
         JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
@@ -143,13 +145,14 @@ impl Lease {
             })?;
         let (holder, manager) = manager.watch().await;
         let (tx, mut leading) = watch::channel(false);
+        let (until_tx, until) = watch::channel(None);
         let follow = Follow {
             api: Api::namespaced(client, &self.namespace),
             name: self.name.clone(),
             identity: identity.clone(),
             timing: self.timing,
         };
-        let guard = tokio::spawn(follow.run(holder, tx));
+        let guard = tokio::spawn(follow.run(holder, tx, until_tx));
         tracing::info!(lease = %self.name, namespace = %self.namespace, %identity, renew_deadline = ?self.timing.deadline(), "waiting to hold the leader Lease");
         let outcome = tokio::select! {
             held = leading.wait_for(|leading| *leading) => held.map(|_| true),
@@ -157,6 +160,7 @@ impl Lease {
         };
         let held = Held {
             leading,
+            until,
             guard,
             manager,
         };
@@ -178,9 +182,9 @@ impl Lease {
 }
 
 impl Held {
-    /// Whether this replica may write now: the gate of the API fence.
-    pub fn leading(&self) -> watch::Receiver<bool> {
-        self.leading.clone()
+    /// Until when this replica may write: the gate of the API fence.
+    pub fn valid_until(&self) -> watch::Receiver<Option<Instant>> {
+        self.until.clone()
     }
 
     /// Resolves when this replica stops leading.
@@ -217,14 +221,22 @@ struct Follow {
 }
 
 impl Follow {
-    async fn run(self, holder: watch::Receiver<bool>, leading: watch::Sender<bool>) {
+    async fn run(
+        self,
+        holder: watch::Receiver<bool>,
+        leading: watch::Sender<bool>,
+        until: watch::Sender<Option<Instant>>,
+    ) {
         let (renewed, renewals) = watch::channel(None);
+        let deadline = self.timing.deadline();
         // The reads run beside the guard, so that a read hanging on an unreachable API server
         // never keeps the guard from closing the fence on time.
         tokio::select! {
             _ = self.read_renewals(holder.clone(), renewed) => {}
-            _ = guard(holder, renewals, self.timing.deadline(), leading) => {}
+            _ = guard(holder.clone(), renewals.clone(), deadline, leading) => {}
+            _ = publish_until(holder, renewals, deadline, &until) => {}
         }
+        until.send_replace(None);
     }
 
     /// While the manager says this replica holds the Lease: the latest renewal seen in it.
@@ -281,6 +293,34 @@ impl Follow {
             return None;
         }
         renewed_at(read_at, read_at_wall, spec.renew_time?.0)
+    }
+}
+
+/// Keeps `until` at the instant this replica may write until: its last renewal plus the
+/// deadline while the manager says it holds the Lease, else `None`. The fence compares it with
+/// the clock at each write, so that no task has to run in time for the fence to close.
+async fn publish_until(
+    mut holder: watch::Receiver<bool>,
+    mut renewals: watch::Receiver<Option<Instant>>,
+    deadline: Duration,
+    until: &watch::Sender<Option<Instant>>,
+) {
+    loop {
+        let holds = *holder.borrow_and_update();
+        let last_renewal = *renewals.borrow_and_update();
+        until.send_replace(
+            last_renewal
+                .filter(|_| holds)
+                .and_then(|at| at.checked_add(deadline)),
+        );
+        tokio::select! {
+            changed = holder.changed() => if changed.is_err() {
+                return;
+            },
+            changed = renewals.changed() => if changed.is_err() {
+                return;
+            },
+        }
     }
 }
 
@@ -454,6 +494,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_fence_is_given_the_deadline_of_the_last_renewal_and_none_without_the_lease() {
+        let (holder_tx, holder) = watch::channel(true);
+        let t0 = Instant::now();
+        let (renewed, renewals) = watch::channel(Some(t0));
+        let (until_tx, mut until) = watch::channel(None);
+        let deadline = Duration::from_secs(4);
+        let task = tokio::spawn(async move {
+            publish_until(holder, renewals, deadline, &until_tx).await;
+        });
+        until.wait_for(|u| *u == Some(t0 + deadline)).await.unwrap();
+        let t1 = t0 + Duration::from_secs(2);
+        renewed.send_replace(Some(t1));
+        until.wait_for(|u| *u == Some(t1 + deadline)).await.unwrap();
+        holder_tx.send_replace(false);
+        until.wait_for(|u| u.is_none()).await.unwrap();
+        drop(holder_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn the_guard_closes_the_fence_when_the_manager_reports_another_holder() {
         let (holder_tx, holder) = watch::channel(true);
         let (_renewed, renewals) = watch::channel(Some(Instant::now()));

@@ -302,7 +302,7 @@ async fn run(args: Args) -> Result<(), String> {
     // nothing more; `stop_acting` then stops the controller itself.
     let fence = leadership
         .as_ref()
-        .map_or_else(Fence::open, |held| Fence::following(held.leading()));
+        .map_or_else(Fence::open, |held| Fence::until(held.valid_until()));
     let api = Fenced { inner: api, fence };
     let stop_acting = {
         let shutdown = shutdown.clone();

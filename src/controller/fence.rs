@@ -7,6 +7,7 @@
 //! behind: nothing can have been made).
 
 use std::future::Future;
+use tokio::time::Instant;
 
 use tokio::sync::watch;
 
@@ -17,7 +18,7 @@ use crate::api::{
 
 /// Whether this replica may write now.
 #[derive(Clone, Debug)]
-pub struct Fence(Option<watch::Receiver<bool>>);
+pub struct Fence(Option<watch::Receiver<Option<Instant>>>);
 
 impl Fence {
     /// No leader election: the only replica always may.
@@ -25,17 +26,23 @@ impl Fence {
         Fence(None)
     }
 
-    /// Follows the leadership of this replica: `true` while it holds the Lease and its last
-    /// renewal is recent enough that no other replica can have taken it.
-    pub fn following(leading: watch::Receiver<bool>) -> Self {
-        Fence(Some(leading))
+    /// Follows this replica's leadership as the instant until which it may write: its last
+    /// renewal of the Lease plus the renew deadline (`None`: not leading). The deadline is
+    /// compared with the clock at each write, not when a task last got to run, so that a
+    /// replica frozen past its deadline writes nothing the moment it wakes.
+    pub fn until(valid_until: watch::Receiver<Option<Instant>>) -> Self {
+        Fence(Some(valid_until))
     }
 
     pub fn holds(&self) -> bool {
-        self.0.as_ref().is_none_or(|leading| *leading.borrow())
+        match &self.0 {
+            None => true,
+            Some(until) => until.borrow().is_some_and(|t| Instant::now() < t),
+        }
     }
 
-    fn check(&self, endpoint: Endpoint) -> Result<(), ApiError> {
+    /// Refuses, with an error that says nothing was sent, when the fence does not hold.
+    pub fn check(&self, endpoint: Endpoint) -> Result<(), ApiError> {
         if self.holds() {
             Ok(())
         } else {

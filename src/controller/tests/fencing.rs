@@ -14,15 +14,17 @@ fn create_request() -> CreateDeploymentRequest {
 
 #[tokio::test]
 async fn a_replica_that_lost_the_lease_sends_no_write_but_still_reads() {
-    let (leading, follows) = tokio::sync::watch::channel(true);
+    let later = || Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+    let (leading, follows) = tokio::sync::watch::channel(later());
     let api = Fenced {
         inner: FakeApi::new(Timeline::default()),
-        fence: Fence::following(follows),
+        fence: Fence::until(follows),
     };
     let token = ApiToken::new(TOKEN);
     let id = api.create(&token, &create_request()).await.unwrap().id;
 
-    leading.send(false).unwrap();
+    // Not renewed in time: the deadline passed, whatever task last ran.
+    leading.send(Some(tokio::time::Instant::now())).unwrap();
     let refused = [
         api.create(&token, &create_request()).await.map(|_| ()),
         api.cancel(&token, &id).await.map(|_| ()),
@@ -38,7 +40,9 @@ async fn a_replica_that_lost_the_lease_sends_no_write_but_still_reads() {
     assert!(api.get(&token, &id).await.is_ok());
     assert!(api.list(&token, &ListQuery::default()).await.is_ok());
 
-    leading.send(true).unwrap();
+    leading.send(None).unwrap();
+    assert!(api.delete(&token, &id).await.is_err(), "not leading at all");
+    leading.send(later()).unwrap();
     assert!(api.cancel(&token, &id).await.is_ok());
 }
 

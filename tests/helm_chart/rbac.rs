@@ -44,7 +44,7 @@ fn the_rendered_chart_passes_server_side_dry_run_on_the_control_plane() {
     }
 }
 
-/// Applies the rendered ServiceAccount, RBAC and fingerprint Secret for real.
+/// Applies the rendered ServiceAccount and RBAC (and any rendered Secret) for real.
 pub fn apply_identity(c: &Cluster, r: &Rendered) {
     let manifests = r.only(&[
         "ServiceAccount",

@@ -20,7 +20,6 @@ fn default_values_render_two_hardened_leader_elected_operator_pods_with_probes_a
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
-            "Secret",
             "Service",
             "ServiceAccount"
         ]
@@ -103,25 +102,34 @@ fn default_values_render_two_hardened_leader_elected_operator_pods_with_probes_a
         r.env("POD_NAMESPACE").unwrap()["valueFrom"],
         json!({"fieldRef": {"fieldPath": "metadata.namespace"}})
     );
+    // The key: the operator reads or creates its key Secret itself (no Helm lookup, so every
+    // render is the same, under Argo CD too); the default name is the Secret earlier chart
+    // versions made, so that an upgrade keeps the key. No key is passed, none is rendered.
     assert_eq!(
-        r.env("GITDEV_FINGERPRINT_KEY").unwrap()["valueFrom"],
-        json!({"secretKeyRef": {"name": "gitdev-gitdev-operator-fingerprint", "key": "key"}})
-    );
-
-    // The fingerprint key: random on a fresh install, kept by Helm on uninstall.
-    let secret = r.one("Secret");
-    assert_eq!(
-        secret["metadata"]["name"],
+        r.env_value("GITDEV_KEY_SECRET"),
         "gitdev-gitdev-operator-fingerprint"
     );
+    assert!(r.env("GITDEV_FINGERPRINT_KEY").is_none());
+    assert!(r.all("Secret").is_empty());
     assert_eq!(
-        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
-        "keep"
+        template("gitdev", "gitdev-system", "").yaml,
+        r.yaml,
+        "rendering twice gives the same chart"
     );
-    let key = secret["data"]["key"].as_str().unwrap();
-    assert_eq!(key.len(), 64, "48 random characters, base64: {key}");
-    let again = template("gitdev", "gitdev-system", "");
-    assert_ne!(again.one("Secret")["data"]["key"], key);
+    assert_eq!(
+        r.named("Role", "gitdev-gitdev-operator-key")["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["secrets"],
+             "resourceNames": ["gitdev-gitdev-operator-fingerprint"], "verbs": ["get"]},
+        ])
+    );
+    let key_binding = r.named("RoleBinding", "gitdev-gitdev-operator-key");
+    assert_eq!(key_binding["roleRef"]["name"], "gitdev-gitdev-operator-key");
+    assert_eq!(
+        key_binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "gitdev-gitdev-operator", "namespace": "gitdev-system"}])
+    );
 
     // RBAC: a ClusterRole of exactly the operator's calls, bound to its ServiceAccount, and the
     // Lease's Role in the release namespace.
@@ -195,9 +203,13 @@ fn watch_namespace_renders_a_role_and_binding_in_that_namespace_and_nothing_clus
     assert_eq!(binding["metadata"]["namespace"], "apps");
     assert_binds_the_service_account(binding, "Role");
     // Everything else stays in the release namespace.
-    for kind in ["ServiceAccount", "Deployment", "Service", "Secret"] {
+    for kind in ["ServiceAccount", "Deployment", "Service"] {
         assert_eq!(r.one(kind)["metadata"]["namespace"], "gitdev-system");
     }
+    assert_eq!(
+        r.named("Role", "gitdev-gitdev-operator-key")["metadata"]["namespace"],
+        "gitdev-system"
+    );
 }
 
 #[test]
@@ -297,8 +309,16 @@ fn one_replica_runs_without_leader_election_with_the_recreate_strategy_and_no_di
     assert_eq!(r.env_value("GITDEV_LEADER_ELECTION"), "false");
     assert!(r.env("GITDEV_LEASE_NAME").is_none());
     assert!(r.env("GITDEV_LEASE_RENEW_DEADLINE_SECONDS").is_none());
-    // No Lease permission without leader election, and no budget that could block a drain.
-    assert!(r.all("Role").is_empty() && r.all("RoleBinding").is_empty());
+    // No Lease permission without leader election (the key's Role only), and no budget that
+    // could block a drain.
+    let names = |kind: &str| -> Vec<String> {
+        r.all(kind)
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("Role"), ["gitdev-gitdev-operator-key"]);
+    assert_eq!(names("RoleBinding"), ["gitdev-gitdev-operator-key"]);
     assert!(r.all("PodDisruptionBudget").is_empty());
     assert_eq!(r.one("ClusterRole")["rules"], operator_rules());
     // With leader election asked for, a single pod still gets no budget.
@@ -412,8 +432,9 @@ fn every_value_set_lands_where_it_belongs() {
     ] {
         assert_eq!(r.env_value(name), value, "{name}");
     }
-    // An existing fingerprint Secret is used, and none is created.
+    // An existing key Secret overrides the operator's own, and none is created.
     assert!(r.all("Secret").is_empty());
+    assert_eq!(r.env_value("GITDEV_KEY_SECRET"), "gitdev-key");
     // Three replicas, but the disruption budget is turned off.
     assert!(r.all("PodDisruptionBudget").is_empty());
     assert_eq!(

@@ -68,9 +68,10 @@ app.kubernetes.io/component: operator
 {{- default (include "gitdev-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
-{{/* Secret holding the fingerprint key (key `key`). */}}
-{{- define "gitdev-operator.fingerprintSecret" -}}
-{{- default (printf "%s-fingerprint" (include "gitdev-operator.fullname" .)) .Values.fingerprintKey.existingSecret }}
+{{/* Secret the operator reads its key from, or creates (data key `key`). The default is
+the Secret earlier chart versions made, so that an upgrade keeps the key. */}}
+{{- define "gitdev-operator.keySecret" -}}
+{{- default (printf "%s-fingerprint" (include "gitdev-operator.fullname" .)) .Values.key.secretName }}
 {{- end }}
 
 {{- define "gitdev-operator.image" -}}

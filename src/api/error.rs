@@ -47,6 +47,13 @@ pub enum ApiError {
         status: u16,
         message: String,
     },
+    /// The server answered 2xx with a body longer than the client reads for this endpoint.
+    #[error("{endpoint} answered HTTP {status} with a body larger than the limit of {limit} bytes")]
+    TooLarge {
+        endpoint: Endpoint,
+        status: u16,
+        limit: usize,
+    },
     /// The process-wide budget of this token has no room for this call within the caller's
     /// patience: nothing was sent. Retry after `retry_after`.
     #[error(
@@ -80,7 +87,7 @@ impl ApiError {
                 retry_after: *retry_after,
             },
             // A 2xx we cannot read is the API's fault, not the user's; it may heal.
-            ApiError::Decode { .. } => ErrorClass::Transient,
+            ApiError::Decode { .. } | ApiError::TooLarge { .. } => ErrorClass::Transient,
             ApiError::OutcomeUnknown { .. } => ErrorClass::OutcomeUnknown,
             ApiError::Config(_) => ErrorClass::Permanent,
         }
@@ -89,7 +96,9 @@ impl ApiError {
     /// HTTP status, when the API answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ApiError::Status { status, .. } | ApiError::Decode { status, .. } => Some(*status),
+            ApiError::Status { status, .. }
+            | ApiError::Decode { status, .. }
+            | ApiError::TooLarge { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -121,6 +130,7 @@ impl ApiError {
             ApiError::Throttled { .. } => "throttled",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Decode { .. } => "decode",
+            ApiError::TooLarge { .. } => "too_large",
             ApiError::Config(_) => "config",
         }
     }
@@ -159,6 +169,13 @@ mod tests {
                 retry_after: Duration::from_secs(7)
             }
         );
+    }
+
+    #[test]
+    fn a_408_and_a_gateways_5xx_are_transient() {
+        for s in [408, 520, 524] {
+            assert_eq!(status(s, None).class(), ErrorClass::Transient, "{s}");
+        }
     }
 
     #[test]

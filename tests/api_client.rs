@@ -1194,6 +1194,75 @@ async fn the_token_never_appears_in_debug_output_or_logs() {
 
 // ----- what the client does not take at the server's word -----
 
+/// A client that returns the first 429 instead of waiting it out.
+fn without_429_retries(sim: &RunningSim) -> HttpClient {
+    HttpClient::new(ClientConfig {
+        retry: RetryPolicy {
+            max_rate_limited: 0,
+            ..config(sim).retry
+        },
+        ..config(sim)
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_pauses_the_token_for_at_most_a_minute() {
+    let sim = start(Duration::ZERO).await;
+    let api = without_429_retries(&sim);
+    let t = token(WRITE);
+    set_faults(
+        &sim,
+        json!([{"route": "list", "force_429": 1.0, "count": 1,
+                "headers": {"retry-after": "99999999999999", "x-ratelimit-reset": "99999999999999999999"}}]),
+    )
+    .await;
+    let err = api.list(&t, &ListQuery::default()).await.unwrap_err();
+    let ApiError::Status {
+        status: 429,
+        retry_after,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        *retry_after,
+        Some(Duration::from_secs(3600)),
+        "capped at an hour"
+    );
+    let ErrorClass::RateLimited { retry_after } = err.class() else {
+        panic!("{err:?}")
+    };
+    assert!(retry_after <= Duration::from_secs(60), "{retry_after:?}");
+    let budget = api.budget(&t);
+    assert!(budget.paused_for > Duration::from_secs(50), "{budget:?}");
+    assert!(budget.paused_for <= Duration::from_secs(60), "{budget:?}");
+    // The next call is told to come back within the minute, not in three million years.
+    let err = api.get(&t, "dep_missing").await.unwrap_err();
+    let ApiError::Throttled { retry_after, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert!(retry_after <= Duration::from_secs(60), "{retry_after:?}");
+}
+
+#[tokio::test]
+async fn a_retry_after_too_large_for_any_integer_does_not_panic_and_is_capped() {
+    let sim = start(Duration::ZERO).await;
+    let api = without_429_retries(&sim);
+    set_faults(
+        &sim,
+        json!([{"route": "get", "force_429": 1.0, "count": 1,
+                "headers": {"retry-after": "99999999999999999999999999999999"}}]),
+    )
+    .await;
+    let err = api.get(&token(WRITE), "dep_missing").await.unwrap_err();
+    let ApiError::Status { retry_after, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*retry_after, Some(Duration::from_secs(3600)));
+}
+
 #[tokio::test]
 async fn an_answer_larger_than_the_limit_is_an_error_naming_the_endpoint_and_the_limit() {
     let sim = start(Duration::ZERO).await;

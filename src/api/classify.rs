@@ -15,7 +15,9 @@
 //! come from a gateway that gave up on the API after the API made the deployment, so it is an
 //! unknown outcome.
 //!
-//! Bodies come from outside: what an error keeps of one is cut ([`MAX_MESSAGE_BYTES`]).
+//! Headers and bodies come from outside: waits read from headers are capped
+//! ([`MAX_SERVER_WAIT`], with a warning, the only side effect of this module), and what an
+//! error keeps of a body is cut ([`MAX_MESSAGE_BYTES`]).
 
 use std::time::Duration;
 
@@ -30,6 +32,11 @@ use super::{ApiError, Endpoint};
 /// How long a 429 without `Retry-After` pauses its token.
 pub const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
 
+/// The longest wait a header (`Retry-After`, `X-RateLimit-Reset`) is believed for. The
+/// contract's figures are seconds; a larger one is a gateway's or a bug, and taken at its word
+/// it would silence a token until the process restarts.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
+
 /// Longest excerpt of a non-JSON error body kept in [`ApiError::Status`]'s message.
 const BODY_EXCERPT_CHARS: usize = 200;
 
@@ -41,6 +48,9 @@ const MAX_CODE_BYTES: usize = 128;
 
 /// Largest `details` kept from an error envelope, as JSON; larger ones are dropped.
 const MAX_DETAILS_BYTES: usize = 4096;
+
+/// How much of a header value a warning quotes.
+const QUOTED_HEADER_CHARS: usize = 64;
 
 /// How an attempt that got no answer failed, as far as the server's state is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,17 +316,39 @@ fn excerpt(body: &[u8], status: StatusCode) -> String {
     }
 }
 
-/// `Retry-After` as whole seconds or as an HTTP date (a date in the past is zero).
+/// `Retry-After` as whole seconds or as an HTTP date (a date in the past is zero), at most
+/// [`MAX_SERVER_WAIT`].
 fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
     let value = headers.get(HEADER_RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More digits than a u64 holds is still "a very long time", not "no header".
+        value
+            .parse::<u64>()
+            .map_or(Duration::MAX, Duration::from_secs)
+    } else {
+        let at = jiff::fmt::rfc2822::DateTimeParser::new()
+            .parse_timestamp(value)
+            .ok()?;
+        let secs = at.as_second().saturating_sub(now.as_second());
+        Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    };
+    Some(capped_wait(HEADER_RETRY_AFTER, value, wait))
+}
+
+/// `wait`, read from `header` whose text was `value`, at most [`MAX_SERVER_WAIT`]; a longer
+/// one is logged, naming the header and (the start of) the value.
+pub(crate) fn capped_wait(header: &str, value: &str, wait: Duration) -> Duration {
+    if wait <= MAX_SERVER_WAIT {
+        return wait;
     }
-    let at = jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(value)
-        .ok()?;
-    let secs = u64::try_from(at.as_second() - now.as_second()).unwrap_or(0);
-    Some(Duration::from_secs(secs))
+    let quoted: String = value.chars().take(QUOTED_HEADER_CHARS).collect();
+    tracing::warn!(
+        header,
+        value = %quoted,
+        cap_secs = MAX_SERVER_WAIT.as_secs(),
+        "the API's {header} header asks for a wait longer than the cap; waiting at most the cap"
+    );
+    MAX_SERVER_WAIT
 }
 
 #[cfg(test)]
@@ -656,6 +688,24 @@ mod tests {
         assert_eq!(retry_after(&h, now()), Some(Duration::from_secs(5)));
         h.insert("retry-after", "soon".parse().unwrap());
         assert_eq!(retry_after(&h, now()), None);
+    }
+
+    #[test]
+    fn a_retry_after_beyond_an_hour_is_capped_at_an_hour_without_overflow() {
+        let hour = Some(MAX_SERVER_WAIT);
+        for value in [
+            "3601",
+            "99999999999999",
+            "18446744073709551615",
+            "99999999999999999999",
+            "999999999999999999999999999999999999999",
+            "Thu, 30 Dec 9999 00:00:00 GMT",
+        ] {
+            assert_eq!(retry_after(&headers(Some(value)), now()), hour, "{value}");
+        }
+        assert_eq!(retry_after(&headers(Some("3600")), now()), Some(secs(3600)));
+        let v = verdict(Endpoint::Get, 429, Some("99999999999999"), TOO_MANY);
+        assert_eq!(v.rate_limit_pause(), hour);
     }
 
     #[test]

@@ -76,7 +76,10 @@ impl ApiError {
                 retry_after,
                 ..
             } => ErrorClass::RateLimited {
-                retry_after: retry_after.unwrap_or(super::classify::DEFAULT_RATE_LIMIT_PAUSE),
+                // The token's budget looks again after this long at the latest, so should we.
+                retry_after: retry_after
+                    .unwrap_or(super::classify::DEFAULT_RATE_LIMIT_PAUSE)
+                    .min(super::ratelimit::MAX_RATE_LIMIT_PAUSE),
             },
             ApiError::Status { status, .. } if *status >= 500 || *status == 408 => {
                 ErrorClass::Transient
@@ -167,6 +170,16 @@ mod tests {
             status(429, Some(Duration::from_secs(7))).class(),
             ErrorClass::RateLimited {
                 retry_after: Duration::from_secs(7)
+            }
+        );
+    }
+
+    #[test]
+    fn a_429_asks_callers_to_come_back_within_a_minute_whatever_its_retry_after() {
+        assert_eq!(
+            status(429, Some(Duration::from_secs(3600))).class(),
+            ErrorClass::RateLimited {
+                retry_after: crate::api::ratelimit::MAX_RATE_LIMIT_PAUSE
             }
         );
     }

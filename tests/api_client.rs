@@ -133,6 +133,17 @@ fn expect_status(err: &ApiError, status: u16, code: &str) {
     }
 }
 
+/// Creates `main` with the write token, which must end in an unknown outcome.
+async fn create_with_unknown_outcome(api: &HttpClient) -> ApiError {
+    let err = api
+        .create(&token(WRITE), &create_req("main"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::OutcomeUnknown { .. }), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::OutcomeUnknown);
+    err
+}
+
 async fn wait_for_status(
     api: &HttpClient,
     t: &ApiToken,
@@ -697,12 +708,7 @@ async fn a_create_answered_500_is_not_retried_and_its_outcome_is_unknown() {
         json!([{"route": "create", "error_rate": 1.0, "count": 1}]),
     )
     .await;
-    let err = api
-        .create(&token(WRITE), &create_req("main"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ApiError::OutcomeUnknown { .. }), "{err:?}");
-    assert_eq!(err.class(), ErrorClass::OutcomeUnknown);
+    let err = create_with_unknown_outcome(&api).await;
     assert!(err.to_string().contains("500"), "{err}");
     let s = stats(&sim).await;
     assert_eq!(seen_total(&s, "POST /v1/deployments"), 1, "sent once");
@@ -720,11 +726,7 @@ async fn a_create_whose_answer_is_lost_is_an_unknown_outcome_and_exists_exactly_
     )
     .await;
     let started = jiff::Timestamp::now();
-    let err = api
-        .create(&token(WRITE), &create_req("main"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ApiError::OutcomeUnknown { .. }), "{err:?}");
+    create_with_unknown_outcome(&api).await;
     let s = stats(&sim).await;
     assert_eq!(
         seen_total(&s, "POST /v1/deployments"),
@@ -765,11 +767,7 @@ async fn a_create_that_times_out_is_an_unknown_outcome() {
         json!([{"route": "create", "latency_ms": 1000, "latency_when": "after", "count": 1}]),
     )
     .await;
-    let err = api
-        .create(&token(WRITE), &create_req("main"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ApiError::OutcomeUnknown { .. }), "{err:?}");
+    create_with_unknown_outcome(&api).await;
     assert_eq!(
         rec.outcomes(Endpoint::Create),
         ["outcome_unknown"],
@@ -808,6 +806,74 @@ async fn a_create_to_a_closed_port_is_retried_because_nothing_was_sent() {
     let err = api.get(&token(WRITE), "dep_x").await.unwrap_err();
     assert!(matches!(err, ApiError::Transport { .. }), "{err:?}");
     assert_eq!(err.class(), ErrorClass::Transient);
+}
+
+#[tokio::test]
+async fn a_create_answered_408_520_or_524_by_a_gateway_after_the_commit_is_an_unknown_outcome() {
+    let sim = start(Duration::ZERO).await;
+    let rec = Arc::new(Recorder::default());
+    let api = HttpClient::new(config(&sim).with_observer(rec.clone())).unwrap();
+    for (n, status) in [408u16, 520, 524].into_iter().enumerate() {
+        set_faults(
+            &sim,
+            json!([{"route": "create", "gateway_rate": 1.0, "gateway_status": status, "count": 1}]),
+        )
+        .await;
+        let err = create_with_unknown_outcome(&api).await;
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("HTTP {status} http_{status}")),
+            "{text}"
+        );
+        assert!(text.contains("<!DOCTYPE html>"), "{text}");
+        assert_eq!(
+            sim_deployments(&sim).await.len(),
+            n + 1,
+            "the simulator made it once and it was never sent again"
+        );
+    }
+    assert_eq!(rec.outcomes(Endpoint::Create), ["outcome_unknown"; 3]);
+    let s = stats(&sim).await;
+    assert_eq!(seen_total(&s, "POST /v1/deployments"), 3);
+}
+
+#[tokio::test]
+async fn the_apis_own_4xx_still_settles_a_create() {
+    let sim = start(Duration::ZERO).await;
+    let api = client(&sim);
+    let err = api
+        .create(&token(WRITE), &create_req("no-such-branch"))
+        .await
+        .unwrap_err();
+    expect_status(&err, 400, "invalid_branch");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    let err = api
+        .create(&token(READ), &create_req("main"))
+        .await
+        .unwrap_err();
+    expect_status(&err, 403, "insufficient_scope");
+    assert!(sim_deployments(&sim).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_safe_call_answered_by_a_gateways_408_or_524_is_retried() {
+    let sim = start(Duration::ZERO).await;
+    let rec = Arc::new(Recorder::default());
+    let api = HttpClient::new(config(&sim).with_observer(rec.clone())).unwrap();
+    for status in [408, 524] {
+        set_faults(
+            &sim,
+            json!([{"route": "list", "gateway_rate": 1.0, "gateway_status": status, "count": 1}]),
+        )
+        .await;
+        api.list(&token(WRITE), &ListQuery::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        rec.outcomes(Endpoint::List),
+        ["http_error", "success", "server_error", "success"]
+    );
 }
 
 // ----- rate limits -----
@@ -1124,4 +1190,143 @@ async fn the_token_never_appears_in_debug_output_or_logs() {
         assert!(!logs.contains(secret), "log leaks {secret}: {logs}");
         assert!(!debug.contains(secret), "Debug leaks {secret}: {debug}");
     }
+}
+
+// ----- what the client does not take at the server's word -----
+
+/// A client that returns the first 429 instead of waiting it out.
+fn without_429_retries(sim: &RunningSim) -> HttpClient {
+    HttpClient::new(ClientConfig {
+        retry: RetryPolicy {
+            max_rate_limited: 0,
+            ..config(sim).retry
+        },
+        ..config(sim)
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_pauses_the_token_for_at_most_a_minute() {
+    let sim = start(Duration::ZERO).await;
+    let api = without_429_retries(&sim);
+    let t = token(WRITE);
+    set_faults(
+        &sim,
+        json!([{"route": "list", "force_429": 1.0, "count": 1,
+                "headers": {"retry-after": "99999999999999", "x-ratelimit-reset": "99999999999999999999"}}]),
+    )
+    .await;
+    let err = api.list(&t, &ListQuery::default()).await.unwrap_err();
+    let ApiError::Status {
+        status: 429,
+        retry_after,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        *retry_after,
+        Some(Duration::from_secs(3600)),
+        "capped at an hour"
+    );
+    let ErrorClass::RateLimited { retry_after } = err.class() else {
+        panic!("{err:?}")
+    };
+    assert!(retry_after <= Duration::from_secs(60), "{retry_after:?}");
+    let budget = api.budget(&t);
+    assert!(budget.paused_for > Duration::from_secs(50), "{budget:?}");
+    assert!(budget.paused_for <= Duration::from_secs(60), "{budget:?}");
+    // The next call is told to come back within the minute, not in three million years.
+    let err = api.get(&t, "dep_missing").await.unwrap_err();
+    let ApiError::Throttled { retry_after, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert!(retry_after <= Duration::from_secs(60), "{retry_after:?}");
+}
+
+#[tokio::test]
+async fn a_retry_after_too_large_for_any_integer_does_not_panic_and_is_capped() {
+    let sim = start(Duration::ZERO).await;
+    let api = without_429_retries(&sim);
+    set_faults(
+        &sim,
+        json!([{"route": "get", "force_429": 1.0, "count": 1,
+                "headers": {"retry-after": "99999999999999999999999999999999"}}]),
+    )
+    .await;
+    let err = api.get(&token(WRITE), "dep_missing").await.unwrap_err();
+    let ApiError::Status { retry_after, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*retry_after, Some(Duration::from_secs(3600)));
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_the_limit_is_an_error_naming_the_endpoint_and_the_limit() {
+    let sim = start(Duration::ZERO).await;
+    let api = client(&sim);
+    let limit = api.config().max_body_bytes;
+    assert_eq!(limit, 1 << 20);
+    set_faults(
+        &sim,
+        json!([{"route": "list", "pad_bytes": 2 * limit, "count": 1}]),
+    )
+    .await;
+    let err = api
+        .list(&token(WRITE), &ListQuery::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::TooLarge { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "GET /deployments answered HTTP 200 with a body larger than the limit of 1048576 bytes"
+    );
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert_eq!(
+        seen_total(&stats(&sim).await, "GET /v1/deployments"),
+        1,
+        "not retried: the same request gets the same answer"
+    );
+}
+
+#[tokio::test]
+async fn a_create_answered_with_a_body_larger_than_the_limit_is_an_unknown_outcome() {
+    let sim = start(Duration::ZERO).await;
+    let api = client(&sim);
+    set_faults(
+        &sim,
+        json!([{"route": "create", "pad_bytes": 2 << 20, "count": 1}]),
+    )
+    .await;
+    let err = create_with_unknown_outcome(&api).await;
+    assert!(err.to_string().contains("limit of 1048576 bytes"), "{err}");
+    assert_eq!(sim_deployments(&sim).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_build_log_is_read_up_to_its_own_limit() {
+    let sim = start(Duration::ZERO).await;
+    let api = HttpClient::new(ClientConfig {
+        max_log_bytes: 64 * 1024,
+        ..config(&sim)
+    })
+    .unwrap();
+    let t = token(WRITE);
+    let created = api.create(&t, &create_req("main")).await.unwrap();
+    // Above the JSON limit would not matter: logs have their own.
+    assert!(
+        api.logs(&t, &created.id)
+            .await
+            .unwrap()
+            .contains("[queued]")
+    );
+    set_faults(
+        &sim,
+        json!([{"route": "logs", "pad_bytes": 128 * 1024, "count": 1}]),
+    )
+    .await;
+    let err = api.logs(&t, &created.id).await.unwrap_err();
+    assert!(err.to_string().contains("limit of 65536 bytes"), "{err}");
 }

@@ -4,11 +4,15 @@
 //! it sends, waits for rate budget and retries. What an answer means is decided by
 //! `super::classify`. The behaviour is described for users in `docs/api-client.md`; in short:
 //!
-//! * safe calls (list, get, logs, cancel, delete) are retried on 500/502/503/504 and on
-//!   transport errors, with full-jitter exponential backoff, bounded in attempts and time;
-//! * `POST /deployments` is never repeated once it may have reached the server: a timeout, a
-//!   lost connection, an unreadable answer or a 5xx gives [`ApiError::OutcomeUnknown`]. Only a
+//! * safe calls (list, get, logs, cancel, delete) are retried on 408, on any 5xx but 501 and
+//!   505 and on transport errors, with full-jitter exponential backoff, bounded in attempts
+//!   and time;
+//! * `POST /deployments` is never repeated once it may have reached the server: anything but
+//!   a 2xx or the API's own 4xx error envelope (a timeout, a lost connection, an unreadable
+//!   answer, any 5xx, a 408, a gateway's HTML page) gives [`ApiError::OutcomeUnknown`]. Only a
 //!   connection that could not be opened (nothing sent) is retried;
+//! * a body is read up to a limit ([`ClientConfig::max_body_bytes`], `max_log_bytes`), never
+//!   further, whatever the server says its length is;
 //! * every call first takes a token from the process-wide budget of its API token
 //!   ([`super::ratelimit`]); a 429 that still arrives pauses the token and the call is sent
 //!   again once the pause is over.
@@ -22,7 +26,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::classify::{self, TransportFailure, Verdict};
+use super::classify::{self, BodyFailure, TransportFailure, Verdict};
 use super::ratelimit::{Budget, BudgetSnapshot, RateLimitHeaders, RateLimiter};
 use super::types::{
     CancelledDeployment, CreateDeploymentRequest, CreatedDeployment, DeploymentDetails,
@@ -32,6 +36,12 @@ use super::{ApiError, ApiToken, DeploymentsApi, Endpoint};
 
 /// Production base URL of the API.
 pub const DEFAULT_BASE_URL: &str = "https://api.git.dev/v1";
+
+/// Default for [`ClientConfig::max_body_bytes`]: a page of 100 deployments is about 30 KiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Default for [`ClientConfig::max_log_bytes`].
+pub const DEFAULT_MAX_LOG_BYTES: usize = 4 << 20;
 
 /// Told about every HTTP attempt (retries included) and every wait for rate budget, e.g. to
 /// feed metrics. Must be cheap: it is called on the request path.
@@ -113,6 +123,10 @@ pub struct ClientConfig {
     /// How long a call may wait locally for its token's rate budget; beyond that it returns
     /// [`ApiError::Throttled`] without sending anything.
     pub max_budget_wait: Duration,
+    /// Longest JSON answer (or error body) read; a longer one is an error naming the limit.
+    pub max_body_bytes: usize,
+    /// Longest build log read.
+    pub max_log_bytes: usize,
     pub user_agent: String,
     pub observer: Option<Arc<dyn ApiObserver>>,
 }
@@ -125,6 +139,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             max_budget_wait: Duration::from_secs(10),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             user_agent: concat!("gitdev-operator/", env!("CARGO_PKG_VERSION")).to_owned(),
             observer: None,
         }
@@ -154,6 +170,8 @@ impl fmt::Debug for ClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("retry", &self.retry)
             .field("max_budget_wait", &self.max_budget_wait)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_log_bytes", &self.max_log_bytes)
             .field("user_agent", &self.user_agent)
             .field("observer", &self.observer.as_ref().map(|_| "…"))
             .finish()
@@ -334,7 +352,7 @@ impl HttpClient {
                     tracing::debug!(
                         endpoint = endpoint.as_str(),
                         token = budget.fingerprint(),
-                        retry_after_ms = throttled.retry_after.as_millis() as u64,
+                        retry_after_ms = millis(throttled.retry_after),
                         "not sent: no rate budget within max_budget_wait"
                     );
                     return Err(ApiError::Throttled {
@@ -370,11 +388,12 @@ impl HttpClient {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();
-                    let body = response
-                        .bytes()
-                        .await
-                        .map(|b| b.to_vec())
-                        .map_err(|e| error_chain(&e));
+                    let limit = if endpoint == Endpoint::Logs {
+                        config.max_log_bytes
+                    } else {
+                        config.max_body_bytes
+                    };
+                    let body = read_body(response, limit).await;
                     let verdict =
                         classify::answer(endpoint, status, &headers, body, jiff::Timestamp::now());
                     // Every answer, errors included, re-syncs the budget; a 429 pauses it.
@@ -398,12 +417,12 @@ impl HttpClient {
                 attempt,
                 status,
                 outcome = label,
-                elapsed_ms = elapsed.as_millis() as u64,
+                elapsed_ms = millis(elapsed),
                 "API attempt finished"
             );
             match verdict {
                 Verdict::Success { status, body } => return Ok((status, body)),
-                Verdict::OutcomeUnknown(error) | Verdict::Fail(error) => return Err(error),
+                Verdict::OutcomeUnknown { error, .. } | Verdict::Fail(error) => return Err(error),
                 Verdict::RateLimited { error, .. } => {
                     rate_limited += 1;
                     if rate_limited > policy.max_rate_limited {
@@ -426,7 +445,7 @@ impl HttpClient {
                     tracing::debug!(
                         endpoint = endpoint.as_str(),
                         attempt,
-                        backoff_ms = pause.as_millis() as u64,
+                        backoff_ms = millis(pause),
                         error = %error,
                         "retrying"
                     );
@@ -450,6 +469,28 @@ impl HttpClient {
             .await?;
         classify::decode(endpoint, status, &body)
     }
+}
+
+/// The body, read chunk by chunk and never beyond `limit` bytes: `Content-Length` is the
+/// server's word, and a chunked answer has none.
+async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyFailure> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if chunk.len() > limit.saturating_sub(body.len()) {
+                    return Err(BodyFailure::TooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(BodyFailure::Lost(error_chain(&e))),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// How a request that got no answer failed: only reqwest can tell whether anything was sent.

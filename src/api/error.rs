@@ -47,6 +47,13 @@ pub enum ApiError {
         status: u16,
         message: String,
     },
+    /// The server answered 2xx with a body longer than the client reads for this endpoint.
+    #[error("{endpoint} answered HTTP {status} with a body larger than the limit of {limit} bytes")]
+    TooLarge {
+        endpoint: Endpoint,
+        status: u16,
+        limit: usize,
+    },
     /// The process-wide budget of this token has no room for this call within the caller's
     /// patience: nothing was sent. Retry after `retry_after`.
     #[error(
@@ -69,7 +76,10 @@ impl ApiError {
                 retry_after,
                 ..
             } => ErrorClass::RateLimited {
-                retry_after: retry_after.unwrap_or(super::classify::DEFAULT_RATE_LIMIT_PAUSE),
+                // The token's budget looks again after this long at the latest, so should we.
+                retry_after: retry_after
+                    .unwrap_or(super::classify::DEFAULT_RATE_LIMIT_PAUSE)
+                    .min(super::ratelimit::MAX_RATE_LIMIT_PAUSE),
             },
             ApiError::Status { status, .. } if *status >= 500 || *status == 408 => {
                 ErrorClass::Transient
@@ -80,7 +90,7 @@ impl ApiError {
                 retry_after: *retry_after,
             },
             // A 2xx we cannot read is the API's fault, not the user's; it may heal.
-            ApiError::Decode { .. } => ErrorClass::Transient,
+            ApiError::Decode { .. } | ApiError::TooLarge { .. } => ErrorClass::Transient,
             ApiError::OutcomeUnknown { .. } => ErrorClass::OutcomeUnknown,
             ApiError::Config(_) => ErrorClass::Permanent,
         }
@@ -89,7 +99,9 @@ impl ApiError {
     /// HTTP status, when the API answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ApiError::Status { status, .. } | ApiError::Decode { status, .. } => Some(*status),
+            ApiError::Status { status, .. }
+            | ApiError::Decode { status, .. }
+            | ApiError::TooLarge { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -121,6 +133,7 @@ impl ApiError {
             ApiError::Throttled { .. } => "throttled",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Decode { .. } => "decode",
+            ApiError::TooLarge { .. } => "too_large",
             ApiError::Config(_) => "config",
         }
     }
@@ -159,6 +172,23 @@ mod tests {
                 retry_after: Duration::from_secs(7)
             }
         );
+    }
+
+    #[test]
+    fn a_429_asks_callers_to_come_back_within_a_minute_whatever_its_retry_after() {
+        assert_eq!(
+            status(429, Some(Duration::from_secs(3600))).class(),
+            ErrorClass::RateLimited {
+                retry_after: crate::api::ratelimit::MAX_RATE_LIMIT_PAUSE
+            }
+        );
+    }
+
+    #[test]
+    fn a_408_and_a_gateways_5xx_are_transient() {
+        for s in [408, 520, 524] {
+            assert_eq!(status(s, None).class(), ErrorClass::Transient, "{s}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! * a wait longer than the caller's patience is refused at once: nothing is sent and the caller
 //!   learns when to come back ([`Throttled`]).
 //! * a `429` that still arrives empties the bucket and pauses the whole token until
-//!   `Retry-After` has passed.
+//!   `Retry-After` has passed, for at most [`MAX_RATE_LIMIT_PAUSE`] at a time.
 //!
 //! Budgets are keyed by an HMAC-SHA256 of (base URL, token) under a key drawn at random for each
 //! registry: the token itself is never stored here nor logged. Logs and the budget gauges on
@@ -36,12 +36,20 @@ use ring::hmac;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::classify::{MAX_SERVER_WAIT, capped_wait};
 use super::types::{HEADER_LIMIT, HEADER_REMAINING, HEADER_RESET};
 use super::{ApiToken, Priority};
 
 /// The per-minute limit assumed for a token before the server has told us its plan: the
 /// smallest plan, Starter, so that a fresh process never overruns any plan.
 pub const ASSUMED_LIMIT_PER_MINUTE: u32 = 100;
+
+/// The longest a 429 silences a token at once. The contract's bucket admits at least one
+/// request a minute (a plan has a limit of at least 1 per minute), so its `Retry-After` never
+/// exceeds this; a longer one is not the bucket speaking (a gateway, a bug). The token then
+/// sends one request a minute, far below any plan's limit, and a 429 to it pauses it again;
+/// once the server answers otherwise, the token is back at once instead of up to an hour later.
+pub const MAX_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
 
 /// The burst (bucket capacity) of a plan, inferred from its per-minute limit, which is all the
 /// headers carry: Starter 100 → 20, Pro 1,000 → 200, anything else (Enterprise, configured)
@@ -73,7 +81,7 @@ impl RateLimitHeaders {
         Self {
             limit: parse(headers, HEADER_LIMIT),
             remaining: parse::<u64>(headers, HEADER_REMAINING)
-                .map(|r| r.min(u64::from(u32::MAX)) as u32),
+                .map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
             reset: parse(headers, HEADER_RESET),
         }
     }
@@ -98,6 +106,8 @@ pub(crate) struct BucketMirror {
     /// Calls that took a token and have not been answered yet.
     in_flight: u32,
     reset_epoch: Option<i64>,
+    /// The last `X-RateLimit-Reset` beyond [`MAX_SERVER_WAIT`] that was warned about.
+    reset_warned: Option<i64>,
 }
 
 impl BucketMirror {
@@ -112,6 +122,7 @@ impl BucketMirror {
             synced: false,
             in_flight: 0,
             reset_epoch: None,
+            reset_warned: None,
         }
     }
 
@@ -172,13 +183,23 @@ impl BucketMirror {
             // Without the limit we cannot tell which bucket the other figures describe.
             return;
         }
+        // Seconds until the server's bucket is full, as `reset` says, capped like any wait.
+        let secs_to_full = h.reset.map(|reset| {
+            let secs = u64::try_from(reset.saturating_sub(now_epoch)).unwrap_or(0);
+            let wait = Duration::from_secs(secs);
+            // Every answer carries the header: warn once per value, not once per answer.
+            if wait > MAX_SERVER_WAIT && self.reset_warned != Some(reset) {
+                self.reset_warned = Some(reset);
+                capped_wait(HEADER_RESET, &reset.to_string(), wait);
+            }
+            wait.min(MAX_SERVER_WAIT).as_secs()
+        });
         // The server's `remaining`, or what `reset` implies (full at `reset`).
         let server = h.remaining.map(f64::from).or_else(|| {
-            h.reset.map(|reset| {
-                let secs_to_full = (reset - now_epoch).max(0) as f64;
-                (self.capacity - secs_to_full * self.rate())
-                    .floor()
-                    .max(0.0)
+            secs_to_full.map(|secs| {
+                // Exact: `secs` is at most an hour.
+                let secs = Duration::from_secs(secs).as_secs_f64();
+                (self.capacity - secs * self.rate()).floor().max(0.0)
             })
         });
         if let Some(server) = server {
@@ -195,8 +216,9 @@ impl BucketMirror {
         } else {
             self.tokens = self.tokens.min(self.capacity);
         }
-        if h.reset.is_some() {
-            self.reset_epoch = h.reset;
+        if let Some(secs) = secs_to_full {
+            // Within an hour of now: no overflow.
+            self.reset_epoch = Some(now_epoch.saturating_add_unsigned(secs));
         }
     }
 
@@ -204,7 +226,7 @@ impl BucketMirror {
     /// admitted before then; then exactly one token is there and the bucket refills from it.
     pub(crate) fn rate_limited(&mut self, retry_after: Duration, now: Instant) {
         self.refill(now);
-        let until = now + retry_after;
+        let until = now + retry_after.min(MAX_RATE_LIMIT_PAUSE);
         if until > self.last {
             self.last = until;
         }
@@ -391,7 +413,7 @@ impl Budget {
                         return Ok(self.permit(now - start));
                     }
                     let wait = st.bucket.time_until(1.0, now);
-                    if now + wait > deadline {
+                    if now.checked_add(wait).is_none_or(|at| at > deadline) {
                         st.leave(&key);
                         drop(st);
                         guard.disarm();
@@ -442,11 +464,24 @@ impl Budget {
         st.wake_head();
     }
 
-    /// A 429 arrived: empty the bucket and pause the whole token for `retry_after`.
+    /// A 429 arrived: empty the bucket and pause the whole token for `retry_after`, at most
+    /// [`MAX_RATE_LIMIT_PAUSE`].
     pub fn pause(&self, retry_after: Duration) {
+        self.warn_if_beyond_pause(retry_after);
         let mut st = self.lock();
         st.bucket.rate_limited(retry_after, Instant::now());
         st.wake_head();
+    }
+
+    fn warn_if_beyond_pause(&self, retry_after: Duration) {
+        if retry_after > MAX_RATE_LIMIT_PAUSE {
+            tracing::warn!(
+                token = self.fingerprint(),
+                retry_after_secs = retry_after.as_secs(),
+                pause_secs = MAX_RATE_LIMIT_PAUSE.as_secs(),
+                "a 429 asked for a longer pause than any plan's bucket needs; the token pauses for the shorter time and asks again"
+            );
+        }
     }
 
     pub fn snapshot(&self) -> BudgetSnapshot {
@@ -524,6 +559,9 @@ impl Permit {
 
     /// The server answered: re-sync from its headers, and pause the token if it was a 429.
     pub fn answered(mut self, headers: &RateLimitHeaders, rate_limited: Option<Duration>) {
+        if let Some(retry_after) = rate_limited {
+            self.budget.warn_if_beyond_pause(retry_after);
+        }
         let mut st = self.budget.lock();
         let now = Instant::now();
         if !headers.is_empty() {
@@ -795,6 +833,57 @@ mod tests {
         assert!(b.try_take(t0 + secs(2.61)));
     }
 
+    #[test]
+    fn a_429_pauses_the_bucket_for_at_most_a_minute_whatever_it_asks() {
+        let t0 = Instant::now();
+        let mut b = BucketMirror::new(100, t0);
+        b.rate_limited(Duration::MAX, t0);
+        assert_eq!(b.paused_for(t0), MAX_RATE_LIMIT_PAUSE);
+        assert!(!b.try_take(t0 + secs(59.0)));
+        assert!(b.try_take(t0 + MAX_RATE_LIMIT_PAUSE), "one call asks again");
+    }
+
+    #[test]
+    fn an_absurd_reset_neither_overflows_nor_sets_a_wait_beyond_an_hour() {
+        let t0 = Instant::now();
+        let now_epoch = 1_741_948_320;
+        for reset in [i64::MAX, i64::MIN, now_epoch + 99_999_999_999_999] {
+            let mut b = BucketMirror::new(100, t0);
+            let h = RateLimitHeaders {
+                limit: Some(100),
+                remaining: None,
+                reset: Some(reset),
+            };
+            b.sync(&h, t0, now_epoch);
+            let reset_epoch = b.reset_epoch.unwrap();
+            assert!(
+                (now_epoch..=now_epoch + 3600).contains(&reset_epoch),
+                "{reset}: {reset_epoch}"
+            );
+            // Empty at worst: the next token is due at the plan's rate, not in an hour.
+            assert!(b.time_until(1.0, t0) <= secs(0.61), "{reset}");
+        }
+    }
+
+    #[test]
+    fn header_figures_too_large_for_their_type_are_not_a_panic() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-limit", "99999999999999999999".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "99999999999".parse().unwrap());
+        h.insert(
+            "x-ratelimit-reset",
+            "-99999999999999999999".parse().unwrap(),
+        );
+        assert_eq!(
+            RateLimitHeaders::from_headers(&h),
+            RateLimitHeaders {
+                limit: None,
+                remaining: Some(u32::MAX),
+                reset: None
+            }
+        );
+    }
+
     fn empty_budget(limit: u32) -> Arc<Budget> {
         let budget = Budget::standalone(limit);
         {
@@ -942,6 +1031,19 @@ mod tests {
             .await
             .unwrap();
         assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn an_absurd_retry_after_refuses_impatient_calls_for_at_most_a_minute() {
+        let budget = Budget::standalone(6000);
+        budget.pause(Duration::from_secs(99_999_999_999_999));
+        let snap = budget.snapshot();
+        assert!(snap.paused_for <= MAX_RATE_LIMIT_PAUSE, "{snap:?}");
+        let err = budget
+            .acquire(Priority::Act, Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert!(err.retry_after <= MAX_RATE_LIMIT_PAUSE, "{err:?}");
     }
 
     #[test]

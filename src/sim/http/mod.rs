@@ -32,8 +32,8 @@ use super::stats::{DROPPED, Stats};
 use super::store::Store;
 use auth::{AuthError, authenticate, check_scope};
 use respond::{
-    add_rate_headers, internal_error, json_response, method_not_allowed, not_found_route,
-    rate_limited,
+    add_rate_headers, gateway_page, internal_error, json_response, method_not_allowed,
+    not_found_route, padded, rate_limited, set_headers,
 };
 use route::{ApiRoute, Route, T_OPENAPI, route};
 
@@ -179,6 +179,14 @@ impl App {
             rate_limited(&decision)
         };
         add_rate_headers(&mut resp, &decision);
+        // What a gateway between client and API does to the answer, after the API's work is done.
+        if let Some(status) = plan.gateway {
+            resp = gateway_page(status);
+        }
+        set_headers(&mut resp, &plan.headers);
+        if plan.pad_bytes > 0 {
+            resp = padded(resp, plan.pad_bytes);
+        }
         if !plan.latency_after.is_zero() {
             tokio::time::sleep(plan.latency_after).await;
         }

@@ -2,9 +2,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderValue, Method, Response, StatusCode};
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -15,6 +16,7 @@ use crate::sim::wire::{
 };
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=UTF-8");
 pub(super) const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
 pub(super) fn details(v: Value) -> Map<String, Value> {
@@ -176,4 +178,59 @@ pub(super) fn rate_limited(d: &Decision) -> Response<Body> {
         ),
         details(json!({ "limit": d.limit, "retry_after": secs })),
     )
+}
+
+/// The page a gateway in front of the API answers with when it lost (or gave up on) the API's
+/// own answer: HTML, no error envelope, no rate-limit headers. `status` was validated with the
+/// rule; anything else reads as a 502.
+pub(super) fn gateway_page(status: u16) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let reason = status.canonical_reason().unwrap_or("Gateway error");
+    let code = status.as_u16();
+    let body = format!(
+        "<!DOCTYPE html>\n<html>\n<head><title>{code} {reason}</title></head>\n<body>\n<h1>Error {code}</h1>\n<p>{reason}. The gateway could not deliver the origin's answer (injected fault).</p>\n</body>\n</html>\n"
+    );
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HTML);
+    resp
+}
+
+/// Sets each header, replacing the simulator's own; names and values were validated with the
+/// rule, so one that does not convert is skipped rather than failing the answer.
+pub(super) fn set_headers(resp: &mut Response<Body>, headers: &[(String, String)]) {
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+}
+
+/// Spaces to pad with, shared by every padded answer.
+static SPACES: [u8; 64 * 1024] = [b' '; 64 * 1024];
+
+/// The answer with `pad_bytes` spaces after its body, streamed without `Content-Length` so that
+/// a client cannot learn the size before reading: it has to count what it reads. Trailing
+/// whitespace keeps a JSON body valid. Answers that cannot have a body stay as they are.
+pub(super) fn padded(resp: Response<Body>, pad_bytes: u64) -> Response<Body> {
+    if matches!(
+        resp.status(),
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    ) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let chunk = SPACES.len() as u64;
+    let pad = (0..pad_bytes.div_ceil(chunk)).map(move |i| {
+        let len = (pad_bytes - i * chunk).min(chunk);
+        // `len` is at most the length of `SPACES`.
+        let len = usize::try_from(len).unwrap_or(SPACES.len());
+        Ok::<_, axum::Error>(Bytes::from_static(&SPACES[..len]))
+    });
+    let stream = body.into_data_stream().chain(futures::stream::iter(pad));
+    Response::from_parts(parts, Body::from_stream(stream))
 }

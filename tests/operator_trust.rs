@@ -289,6 +289,65 @@ fn a_deployment_another_object_tracks_cannot_be_taken_by_adoption_or_forged_hist
 }
 
 #[test]
+#[ignore = "operator bug: after a change of key, a state signed under the old key is a hint \
+            like a forgery (only the current key verifies), and Context::holder_of lets the \
+            older of two hints hold a deployment; so until the holder is re-signed (never, \
+            while its token Secret is missing; otherwise a race at start) an older object whose \
+            forged history names X with historyLimit: 0 creates a deployment and prunes X"]
+fn after_a_key_change_an_older_object_with_forged_history_cannot_delete_a_held_deployment() {
+    let cw = ClusterWide::new(&["trust-older", "trust-holder"], 0.0);
+    let [older, holder] = &cw.worlds[..] else {
+        unreachable!("two namespaces")
+    };
+    let mut op = cw.spawn_operator(&[]);
+    // The claimant exists first: between two unsigned states, the older object counts.
+    older
+        .apply(&object("forger", "  historyLimit: 0\n"))
+        .expect_success();
+    older.wait_ready("forger");
+    std::thread::sleep(Duration::from_millis(1100));
+    holder.apply(&object("a", "")).expect_success();
+    let x = holder.wait_ready("a");
+
+    // The key changes while `a` cannot be reconciled (its tenant is replacing the token
+    // Secret), so that `a`'s state stays signed under the old key; meanwhile the claimant's
+    // tenant writes X into its history, with no room for it.
+    op.proc.terminate(Duration::from_secs(15));
+    drop(op);
+    holder
+        .kubectl(&["delete", "secret", "gitdev-credentials"])
+        .expect_success();
+    let history = json!({ "history": [x] }).to_string();
+    older
+        .kubectl(&[
+            "annotate",
+            "--overwrite",
+            "gitdeployment",
+            "forger",
+            &format!("{STATE}={history}"),
+        ])
+        .expect_success();
+    let op = cw.spawn_operator(&["--fingerprint-key", "a-new-key"]);
+    holder.wait_for("a", "Stalled", "CredentialsNotFound");
+    let new_key = key_id(b"a-new-key");
+    let outcome = eventually(WAIT, "the claimant to be refused or re-signed", || {
+        let refused = older
+            .condition("forger", "Stalled")
+            .is_some_and(|(s, r, _)| s == "True" && r == "AlreadyManaged");
+        let signed = older.state("forger")["sig"]
+            .as_str()
+            .is_some_and(|sig| sig.starts_with(&format!("{new_key}:")));
+        (refused || signed).then(|| older.get("forger")["status"].clone())
+    });
+    let (code, remote) = holder.sim.get(TOKEN, &x);
+    assert_eq!(
+        code, 200,
+        "X was deleted by the claimant: {remote}; claimant: {outcome}"
+    );
+    assert_alive(&op);
+}
+
+#[test]
 fn a_restored_object_with_a_new_uid_redeploys_nothing() {
     let w = world("trust-restore");
     let mut op = w.spawn_operator(&[]);

@@ -289,6 +289,46 @@ fn a_deployment_another_object_tracks_cannot_be_taken_by_adoption_or_forged_hist
 }
 
 #[test]
+#[ignore = "operator bug: the Warning AlreadyManaged that a claimant's deletion publishes \
+            ('left deployment X in place…') has the type, reason and action of the claimant's \
+            earlier AlreadyManaged stall event (Round::event sets action = reason), and \
+            kube-runtime's Recorder, whose event key leaves out the note, folds it into that \
+            event's series for 6 minutes, keeping the old note: nobody can read it"]
+fn deleting_a_claimant_says_that_it_left_the_holders_deployment_in_place() {
+    let (cw, _op, x, held_by) = holding(&["trust-holder", "trust-claimant"]);
+    let claimant = &cw.worlds[1];
+    claimant.claim_by_adoption(&x, &held_by);
+    claimant.assert_deleted_leaving("adopter", &x);
+    let events = claimant.events("adopter");
+    assert!(
+        events.contains(&format!("left deployment {x} in place")),
+        "{events}"
+    );
+}
+
+#[test]
+#[ignore = "operator bug: with two or more unsigned claimants of a held deployment, \
+            Context::holder_of names whichever object naming it comes first in the store \
+            (random order), and between two unsigned claimants the older one counts as the \
+            holder, so a claimant may be told 'managed by <another claimant>' instead of the \
+            object whose signed state holds it; fails in most runs"]
+fn every_claimant_of_a_held_deployment_is_told_its_holder_not_another_claimant() {
+    let (cw, op, x, held_by) = holding(&["trust-holder", "trust-claimants"]);
+    let claimants = &cw.worlds[1];
+    // After a restart, so that only the signatures tell the holder from the claimants.
+    let _op = restart(&cw, op);
+    let names: Vec<String> = (1..=6).map(|i| format!("claimant-{i}")).collect();
+    for name in &names {
+        claimants
+            .apply(&annotated(&object(name, ""), &[(DEPLOYMENT_ID, &x)]))
+            .expect_success();
+    }
+    for name in &names {
+        claimants.assert_refused(name, &x, &held_by);
+    }
+}
+
+#[test]
 #[ignore = "operator bug: after a change of key, a state signed under the old key is a hint \
             like a forgery (only the current key verifies), and Context::holder_of lets the \
             older of two hints hold a deployment; so until the holder is re-signed (never, \

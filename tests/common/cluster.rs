@@ -73,6 +73,20 @@ pub fn cluster() -> &'static Cluster {
     }
 }
 
+static SECOND: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+/// A second local control plane of this test binary, for operators that watch every namespace.
+/// Such an operator acts on every gitdeployment it can see, so it must never run where the
+/// binary's other tests run operators of their own: this one is always local, even with
+/// `GITDEV_TEST_USE_KUBECONFIG=1` (it would act on everything in a developer's cluster), and
+/// only `cluster_wide` uses it. Started on first use, like [`cluster()`].
+pub fn second_cluster() -> &'static Cluster {
+    match SECOND.get_or_init(Cluster::start_local) {
+        Ok(cluster) => cluster,
+        Err(error) => panic!("no second Kubernetes control plane for the tests: {error}"),
+    }
+}
+
 /// A Kubernetes cluster the tests can use.
 #[derive(Debug)]
 pub struct Cluster {
@@ -84,34 +98,40 @@ pub struct Cluster {
 
 impl Cluster {
     fn start_or_reuse() -> Result<Cluster, String> {
-        let cluster = if reuse_kubeconfig()? {
-            let path = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()).ok_or_else(|| {
-                format!("{USE_KUBECONFIG_ENV}=1 but KUBECONFIG is not set: set it to the kubeconfig file of the cluster to test against")
-            })?;
-            let mut paths: Vec<PathBuf> = std::env::split_paths(&path).collect();
-            if paths.len() != 1 {
-                return Err(format!(
-                    "{USE_KUBECONFIG_ENV}=1 needs KUBECONFIG to name one file, not {}",
-                    path.to_string_lossy()
-                ));
-            }
-            let kubeconfig = paths.remove(0);
-            if !kubeconfig.is_file() {
-                return Err(format!("KUBECONFIG={} is not a file", kubeconfig.display()));
-            }
-            Cluster {
-                kubectl: Kubectl::new(&kubeconfig, None),
-                kubeconfig,
-                local: None,
-            }
-        } else {
-            let dir = unique_temp_dir("gitdev-cp-test");
-            let local = LocalControlPlane::start(&dir, Some(std::process::id()))?;
-            Cluster {
-                kubeconfig: local.kubeconfig(),
-                kubectl: Kubectl::new(&local.kubeconfig(), Some(local.dir.join("kubectl-cache"))),
-                local: Some(local),
-            }
+        if !reuse_kubeconfig()? {
+            return Cluster::start_local();
+        }
+        let path = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()).ok_or_else(|| {
+            format!("{USE_KUBECONFIG_ENV}=1 but KUBECONFIG is not set: set it to the kubeconfig file of the cluster to test against")
+        })?;
+        let mut paths: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        if paths.len() != 1 {
+            return Err(format!(
+                "{USE_KUBECONFIG_ENV}=1 needs KUBECONFIG to name one file, not {}",
+                path.to_string_lossy()
+            ));
+        }
+        let kubeconfig = paths.remove(0);
+        if !kubeconfig.is_file() {
+            return Err(format!("KUBECONFIG={} is not a file", kubeconfig.display()));
+        }
+        let cluster = Cluster {
+            kubectl: Kubectl::new(&kubeconfig, None),
+            kubeconfig,
+            local: None,
+        };
+        cluster.install_repository_crds()?;
+        Ok(cluster)
+    }
+
+    /// A local control plane owned by this test process, with the repository's CRDs.
+    fn start_local() -> Result<Cluster, String> {
+        let dir = unique_temp_dir("gitdev-cp-test");
+        let local = LocalControlPlane::start(&dir, Some(std::process::id()))?;
+        let cluster = Cluster {
+            kubeconfig: local.kubeconfig(),
+            kubectl: Kubectl::new(&local.kubeconfig(), Some(local.dir.join("kubectl-cache"))),
+            local: Some(local),
         };
         cluster.install_repository_crds()?;
         Ok(cluster)

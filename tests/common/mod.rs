@@ -3,11 +3,13 @@
 //! Every test binary compiles this module on its own and uses only part of it, hence the
 //! `allow(dead_code)`. Nothing here depends on the operator's own types: `cluster` gets a real
 //! Kubernetes API server to test against (docs/control-plane.md), `stack` runs the product's
-//! binaries, `world` gives one end-to-end test its namespace, simulator and operator, and
-//! `replicas` two leader-elected operators.
+//! binaries, `world` gives one end-to-end test its namespace, simulator and operator,
+//! `replicas` two leader-elected operators, and `cluster_wide` an operator that watches every
+//! namespace of a second control plane.
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod cluster_wide;
 pub mod replicas;
 pub mod stack;
 pub mod world;

@@ -1,7 +1,8 @@
 //! The product's own processes for end-to-end tests: a `gitdev-sim` and a `gitdev-operator`
-//! watching one test namespace, both real binaries talking over 127.0.0.1.
+//! watching one test namespace (or, for `cluster_wide`, every namespace), both real binaries
+//! talking over 127.0.0.1.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,11 +62,13 @@ impl Proc {
         self.child.id()
     }
 
+    /// Everything the process has written to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
+        let text = self.log_text();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -221,6 +224,10 @@ impl Sim {
     }
 }
 
+/// How long the test operators' deletions wait for usable credentials before orphaning
+/// (`--cleanup-grace-seconds`; the product's default is 300 s).
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(20);
+
 /// An operator process watching one namespace.
 #[derive(Debug)]
 pub struct Operator {
@@ -241,18 +248,32 @@ impl Operator {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Operator {
+        Self::start_watching(cluster, api_url, Some(namespace), extra, env)
+    }
+
+    /// An operator watching `namespace`, or every namespace of the cluster when `None` (as a
+    /// cluster-wide install runs: see `cluster_wide`, never on a cluster other tests share).
+    pub fn start_watching(
+        cluster: &Cluster,
+        api_url: &str,
+        namespace: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitdev-operator"));
         cmd.env("KUBECONFIG", cluster.kubeconfig())
             .env("RUST_LOG", "info,gitdev=debug,kube=warn")
+            .args(["--api-url", api_url, "--metrics-addr", "127.0.0.1:0"])
+            .args(
+                namespace
+                    .map(|ns| ["--namespace", ns])
+                    .into_iter()
+                    .flatten(),
+            )
             .args([
-                "--api-url",
-                api_url,
-                "--namespace",
-                namespace,
-                "--metrics-addr",
-                "127.0.0.1:0",
+                "--cleanup-grace-seconds",
+                &CLEANUP_GRACE.as_secs().to_string(),
             ])
-            .args(["--cleanup-grace-seconds", "20"])
             .args(extra)
             .envs(env.iter().copied());
         let (proc, url) = Proc::start("gitdev-operator", cmd, "gitdev-operator metrics on ");

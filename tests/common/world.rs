@@ -3,6 +3,7 @@
 //! belong to that test alone and tests run in parallel. Its reads are the ones a user makes with
 //! `kubectl`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -21,10 +22,25 @@ pub fn gitdeployment(name: &str, branch: &str, extra: &str) -> String {
     )
 }
 
+/// `manifest` (from [`gitdeployment`]) with `annotations` on its object; each value is written
+/// as a quoted YAML string, so it may hold anything (JSON, quotes, newlines).
+pub fn annotated(manifest: &str, annotations: &[(&str, &str)]) -> String {
+    let lines: String = annotations
+        .iter()
+        .map(|(k, v)| format!("    {k}: {}\n", serde_json::to_string(v).unwrap()))
+        .collect();
+    let (head, tail) = manifest
+        .split_once("metadata:\n")
+        .expect("a manifest from gitdeployment()");
+    let (name, rest) = tail.split_once('\n').expect("metadata has a name");
+    format!("{head}metadata:\n{name}\n  annotations:\n{lines}{rest}")
+}
+
 pub struct World {
     pub cluster: &'static Cluster,
     pub ns: TestNamespace,
-    pub sim: Sim,
+    /// Its own, or shared with the worlds made [`World::beside`] it.
+    pub sim: Arc<Sim>,
     /// The world's own operator. Tests that kill, replace or pair operators start theirs with
     /// [`World::spawn_operator`] and hold them themselves.
     operator: Option<Operator>,
@@ -33,13 +49,27 @@ pub struct World {
 impl World {
     /// A namespace and a simulator whose phases last `phase` seconds; no operator yet.
     pub fn new(prefix: &str, phase: f64) -> World {
-        let cluster = cluster();
+        World::on(cluster(), prefix, phase)
+    }
+
+    /// [`World::new`] on another cluster than the binary's shared one.
+    pub fn on(cluster: &'static Cluster, prefix: &str, phase: f64) -> World {
+        World::with_sim(cluster, prefix, Arc::new(Sim::start(phase)))
+    }
+
+    /// Another namespace of this world's cluster, served by this world's simulator, without an
+    /// operator: for an operator that watches both (see `cluster_wide`).
+    pub fn beside(&self, prefix: &str) -> World {
+        World::with_sim(self.cluster, prefix, self.sim.clone())
+    }
+
+    fn with_sim(cluster: &'static Cluster, prefix: &str, sim: Arc<Sim>) -> World {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let ns = rt.block_on(cluster.namespace(prefix));
         World {
             cluster,
             ns,
-            sim: Sim::start(phase),
+            sim,
             operator: None,
         }
     }

@@ -253,20 +253,37 @@ async fn run(args: Args) -> Result<(), String> {
             .await;
     });
 
-    // The flag overrides the key Secret, for installs that manage the key themselves.
-    let key_bytes = match &args.fingerprint_key {
-        Some(key) => key.clone().into_bytes(),
-        None => {
-            controller::keys::load_or_create(
+    // The flag overrides the key Secret, for installs that manage the key themselves; the
+    // Secret's key, if readable, still verifies what the operator signed with it before.
+    let (key_bytes, older_key) = match &args.fingerprint_key {
+        Some(key) => {
+            let older = controller::keys::read_existing(
                 client.clone(),
                 &args.lease_namespace,
                 &args.key_secret,
             )
-            .await?
+            .await;
+            (key.clone().into_bytes(), older)
+        }
+        None => {
+            let key = controller::keys::load_or_create(
+                client.clone(),
+                &args.lease_namespace,
+                &args.key_secret,
+            )
+            .await?;
+            (key, None)
         }
     };
     let reconciler = Config {
-        legacy_fingerprint_keys: vec![key_bytes.clone()],
+        legacy_fingerprint_keys: [Some(key_bytes.clone()), older_key.clone()]
+            .into_iter()
+            .flatten()
+            .collect(),
+        older_keys: older_key
+            .iter()
+            .map(|k| controller::keys::Key::new(k))
+            .collect(),
         cleanup_grace: Duration::from_secs(args.cleanup_grace_seconds),
         default_credentials: args.default_credentials_secret,
         existence_check: Duration::from_secs(args.recheck_finished_seconds.max(1)),

@@ -289,11 +289,6 @@ fn a_deployment_another_object_tracks_cannot_be_taken_by_adoption_or_forged_hist
 }
 
 #[test]
-#[ignore = "operator bug: the Warning AlreadyManaged that a claimant's deletion publishes \
-            ('left deployment X in place…') has the type, reason and action of the claimant's \
-            earlier AlreadyManaged stall event (Round::event sets action = reason), and \
-            kube-runtime's Recorder, whose event key leaves out the note, folds it into that \
-            event's series for 6 minutes, keeping the old note: nobody can read it"]
 fn deleting_a_claimant_says_that_it_left_the_holders_deployment_in_place() {
     let (cw, _op, x, held_by) = holding(&["trust-holder", "trust-claimant"]);
     let claimant = &cw.worlds[1];
@@ -307,11 +302,6 @@ fn deleting_a_claimant_says_that_it_left_the_holders_deployment_in_place() {
 }
 
 #[test]
-#[ignore = "operator bug: with two or more unsigned claimants of a held deployment, \
-            Context::holder_of names whichever object naming it comes first in the store \
-            (random order), and between two unsigned claimants the older one counts as the \
-            holder, so a claimant may be told 'managed by <another claimant>' instead of the \
-            object whose signed state holds it; fails in most runs"]
 fn every_claimant_of_a_held_deployment_is_told_its_holder_not_another_claimant() {
     let (cw, op, x, held_by) = holding(&["trust-holder", "trust-claimants"]);
     let claimants = &cw.worlds[1];
@@ -329,11 +319,6 @@ fn every_claimant_of_a_held_deployment_is_told_its_holder_not_another_claimant()
 }
 
 #[test]
-#[ignore = "operator bug: after a change of key, a state signed under the old key is a hint \
-            like a forgery (only the current key verifies), and Context::holder_of lets the \
-            older of two hints hold a deployment; so until the holder is re-signed (never, \
-            while its token Secret is missing; otherwise a race at start) an older object whose \
-            forged history names X with historyLimit: 0 creates a deployment and prunes X"]
 fn after_a_key_change_an_older_object_with_forged_history_cannot_delete_a_held_deployment() {
     let cw = ClusterWide::new(&["trust-older", "trust-holder"], 0.0);
     let [older, holder] = &cw.worlds[..] else {

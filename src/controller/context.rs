@@ -11,7 +11,7 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
-use super::keys::Key;
+use super::keys::{Key, KeyRing};
 use super::observe::Observer;
 use super::state::{State, Trust};
 use crate::api::{ApiToken, DeploymentsApi};
@@ -23,6 +23,9 @@ use crate::resource::{DEFAULT_CREDENTIALS_SECRET, GitDeployment};
 pub struct Config {
     /// The operator's key: signs `git.dev/state`, keys fingerprints (see `keys`).
     pub key: Key,
+    /// Keys the operator signed with before, still accepted for its signatures (never used
+    /// to make one).
+    pub older_keys: Vec<Key>,
     /// What may have keyed the fingerprints of versions before v2 (`--fingerprint-key`, the
     /// chart's key Secret; each object's UID is always tried too), to recognise them once and
     /// re-stamp them instead of redeploying.
@@ -38,10 +41,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every key the operator's signatures may have been made with.
+    pub fn keys(&self) -> KeyRing<'_> {
+        KeyRing {
+            current: &self.key,
+            older: &self.older_keys,
+        }
+    }
+
     /// The defaults of every flag, with the operator's key.
     pub fn new(key: Key) -> Self {
         Config {
             key,
+            older_keys: Vec::new(),
             legacy_fingerprint_keys: Vec::new(),
             default_credentials: DEFAULT_CREDENTIALS_SECRET.to_string(),
             existence_check: Duration::from_secs(600),
@@ -95,7 +107,7 @@ impl<A: DeploymentsApi> Context<A> {
                     .state()
                     .iter()
                     .filter(|o| o.metadata.uid != me.metadata.uid)
-                    .flat_map(|o| State::read(o, &self.config.key).0.ids()),
+                    .flat_map(|o| State::read(o, &self.config.keys()).0.ids()),
             );
         }
         claimed
@@ -126,24 +138,35 @@ impl<A: DeploymentsApi> Context<A> {
                 .map(|o| name(o));
             return Some(holder.unwrap_or_else(|| "another object".to_string()));
         }
-        let older = |o: &GitDeployment| {
-            let key =
-                |x: &GitDeployment| (x.metadata.creation_timestamp.as_ref().map(|t| t.0), name(x));
-            key(o) < key(me)
-        };
-        store
+        let age =
+            |x: &GitDeployment| (x.metadata.creation_timestamp.as_ref().map(|t| t.0), name(x));
+        let keys = self.config.keys();
+        let mut claimants: Vec<(bool, _, String)> = store
             .iter()
             .filter(|o| o.metadata.uid != me.metadata.uid)
-            .find(|o| {
-                let (state, trust) = State::read(o, &self.config.key);
-                state.ids().iter().any(|x| x == id)
-                    && match (trust, my_trust) {
-                        (Trust::Signed, _) => my_trust == Trust::Hint || older(o),
-                        (Trust::Hint, Trust::Signed) => false,
-                        (Trust::Hint, Trust::Hint) => older(o),
-                    }
+            .filter_map(|o| {
+                let (state, trust) = State::read(o, &keys);
+                state
+                    .ids()
+                    .iter()
+                    .any(|x| x == id)
+                    .then(|| (trust == Trust::Signed, age(o), name(o)))
             })
-            .map(|o| name(o))
+            .collect();
+        // Signed claims first, then the oldest: the holder a message names is the real one.
+        claimants.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let (signed, other_age, other) = claimants.into_iter().next()?;
+        match (signed, my_trust) {
+            // Two signed claims only come from a bug or a hand-copied state: the older holds.
+            (true, Trust::Signed) => (other_age < age(me)).then_some(other),
+            (true, Trust::Hint) => Some(other),
+            (false, Trust::Signed) => None,
+            // Neither claim is the operator's (a restore into another cluster, forgeries):
+            // neither side may act on it until a person removes one claim.
+            (false, Trust::Hint) => Some(format!(
+                "{other}, which names it too, and neither object's state is signed by this operator"
+            )),
+        }
     }
 }
 

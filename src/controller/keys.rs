@@ -71,6 +71,51 @@ impl Key {
     }
 }
 
+/// What verifies the operator's signatures: its current key, and keys it used before that it
+/// still knows (the key Secret while `--fingerprint-key` overrides it), so that a key change
+/// does not turn every state the operator signed into a mere hint.
+pub trait Verify {
+    /// The key new signatures are made with.
+    fn current(&self) -> &Key;
+    /// Whether any known key made `signature` of `parts`.
+    fn verifies(&self, signature: &str, parts: &[&[u8]]) -> bool;
+}
+
+impl Verify for Key {
+    fn current(&self) -> &Key {
+        self
+    }
+
+    fn verifies(&self, signature: &str, parts: &[&[u8]]) -> bool {
+        Key::verifies(self, signature, parts)
+    }
+}
+
+/// The current key and the older ones still accepted.
+pub struct KeyRing<'a> {
+    pub current: &'a Key,
+    pub older: &'a [Key],
+}
+
+impl Verify for KeyRing<'_> {
+    fn current(&self) -> &Key {
+        self.current
+    }
+
+    fn verifies(&self, signature: &str, parts: &[&[u8]]) -> bool {
+        self.current.verifies(signature, parts)
+            || self.older.iter().any(|k| k.verifies(signature, parts))
+    }
+}
+
+/// Reads the key Secret without creating it: the key the operator used before a
+/// `--fingerprint-key` override, if there is one and it may be read.
+pub async fn read_existing(client: Client, namespace: &str, name: &str) -> Option<Vec<u8>> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let secret = api.get_opt(name).await.ok().flatten()?;
+    key_of(&secret, name).ok()
+}
+
 fn ring_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -171,6 +216,18 @@ mod tests {
         assert!(!other.verifies(&sig, &[b"ns", b"web", b"{}"]));
         assert!(!key.verifies("garbage", &[b"ns"]));
         assert!(!key.verifies("", &[]));
+
+        let older = [other.clone()];
+        let ring = KeyRing {
+            current: &other,
+            older: &[],
+        };
+        assert!(!Verify::verifies(&ring, &sig, &[b"ns", b"web", b"{}"]));
+        let ring = KeyRing {
+            current: &Key::new(b"the-newest-key-x"),
+            older: &[key.clone(), older[0].clone()],
+        };
+        assert!(Verify::verifies(&ring, &sig, &[b"ns", b"web", b"{}"]));
     }
 
     #[test]

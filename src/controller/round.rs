@@ -39,7 +39,7 @@ pub(super) struct Round<'a, A: DeploymentsApi> {
 impl<'a, A: DeploymentsApi> Round<'a, A> {
     pub fn new(obj: &GitDeployment, ctx: &'a Context<A>) -> Result<Self, Error> {
         let namespace = obj.namespace().ok_or(Error::MissingNamespace)?;
-        let (state, trust) = State::read(obj, &ctx.config.key);
+        let (state, trust) = State::read(obj, &ctx.config.keys());
         Ok(Round {
             ctx,
             api: Api::namespaced(ctx.client.clone(), &namespace),
@@ -297,11 +297,18 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
     }
 
     pub async fn event(&self, type_: EventType, reason: &str, note: &str) {
+        self.event_of(type_, reason, reason, note).await
+    }
+
+    /// An event whose action differs from its reason: the recorder folds events of the same
+    /// type, reason and action on an object into one series that keeps the first note, so
+    /// an event that says something new needs an action of its own.
+    pub async fn event_of(&self, type_: EventType, reason: &str, action: &str, note: &str) {
         let event = Event {
             type_,
             reason: reason.to_string(),
             note: Some(note.chars().take(1000).collect()),
-            action: reason.to_string(),
+            action: action.to_string(),
             secondary: None,
         };
         if let Err(e) = self

@@ -7,7 +7,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::keys::Key;
+use super::keys::{Key, Verify};
 use crate::resource::{ANNOTATION_DEPLOYMENT_ID, GitDeployment};
 
 /// The operator's own annotation. Users never need to write it.
@@ -100,14 +100,14 @@ const HISTORY_LIMIT: usize = 100;
 impl State {
     /// The state of an object, and how far to trust it: its own annotation first; else what
     /// `.status` still says; else the adoption annotation `git.dev/deployment-id` a user set.
-    pub fn read(obj: &GitDeployment, key: &Key) -> (State, Trust) {
+    pub fn read(obj: &GitDeployment, keys: &impl Verify) -> (State, Trust) {
         let annotations = obj.metadata.annotations.as_ref();
         if let Some((mut state, signature)) = annotations
             .and_then(|a| a.get(ANNOTATION_STATE))
             .and_then(|s| parse(s))
         {
             let trust = match signature {
-                Some(sig) if key.verifies(&sig, &signed_parts(obj, &state).parts()) => {
+                Some(sig) if keys.verifies(&sig, &signed_parts(obj, &state).parts()) => {
                     Trust::Signed
                 }
                 _ => Trust::Hint,
@@ -139,9 +139,10 @@ impl State {
         (state, Trust::Hint)
     }
 
-    /// Whether the object carries this state already, signed under `key` (no write needed).
-    pub fn is_recorded_on(&self, obj: &GitDeployment, key: &Key) -> bool {
-        State::read(obj, key) == (self.clone(), Trust::Signed)
+    /// Whether the object carries this state already, signed under the current key (no write
+    /// needed; a signature under an older key is renewed at the next write).
+    pub fn is_recorded_on(&self, obj: &GitDeployment, keys: &impl Verify) -> bool {
+        State::read(obj, keys.current()) == (self.clone(), Trust::Signed)
     }
 
     /// The annotation's value: this state, signed for this object under `key`.

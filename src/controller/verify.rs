@@ -41,9 +41,10 @@ impl<A: DeploymentsApi> Round<'_, A> {
                 self.state.id = None;
             }
             self.state.history.retain(|h| *h != t.id);
-            self.event(
+            self.event_of(
                 EventType::Warning,
                 "AlreadyManaged",
+                "LeaveInPlace",
                 &format!(
                     "left deployment {} in place: it is managed by {}, not by this object",
                     t.id, t.holder

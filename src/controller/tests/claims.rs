@@ -119,3 +119,30 @@ async fn an_unsigned_state_that_names_only_its_own_deployment_is_verified_and_si
     let annotation = &h.object().metadata.annotations.unwrap()[ANNOTATION_STATE];
     assert!(annotation.contains("\"sig\""), "{annotation}");
 }
+
+#[tokio::test]
+async fn two_unsigned_claims_of_one_deployment_hold_each_other_off() {
+    // Neither state is the operator's (a restore into another cluster, or two forgeries):
+    // neither object may cancel, delete or prune it until a person removes one claim.
+    let state = State {
+        history: vec!["dep_1".into()],
+        ..State::default()
+    };
+    let mut other = with_unsigned_state(object(spec(json!({}))), &state);
+    other.metadata.namespace = Some("team-b".into());
+    other.metadata.name = Some("b".into());
+    other.metadata.uid = Some("4b1f2c9e-0000-4000-8000-00000000000b".into());
+    let mut me = with_unsigned_state(object(spec(json!({}))), &state);
+    me.spec.history_limit = Some(0);
+    let mut h = Harness::beside(me, vec![other]);
+    h.add_secret(CREDENTIALS, &[("token", TOKEN)]);
+    h.api().add("main", None, Remote::Success);
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::event_noting("Warning", "AlreadyManaged", &["team-b/b", "names it too"]),
+        Expect::status(|s| assert_health(s, "Stalled", "AlreadyManaged")),
+    ])
+    .await
+    .unwrap();
+    assert!(h.api().take_calls().is_empty());
+}

@@ -5,8 +5,8 @@ mod leader;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -222,6 +222,13 @@ async fn run(args: Args) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
     let mut config = ClientConfig::new(&args.api_url).with_observer(metrics.clone());
     config.request_timeout = Duration::from_secs(args.api_timeout_seconds);
+    // The client asks the fence again right before each write it sends, after any wait for
+    // rate budget; the fence is known once the Lease is held, and until then nothing passes.
+    let fence_cell: Arc<OnceLock<Fence>> = Arc::default();
+    if args.leader_election {
+        let cell = fence_cell.clone();
+        config.write_gate = Some(Arc::new(move || cell.get().is_some_and(Fence::holds)));
+    }
     let api = HttpClient::new(config).map_err(|e| format!("--api-url {}: {e}", args.api_url))?;
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -320,6 +327,7 @@ async fn run(args: Args) -> Result<(), String> {
     let fence = leadership
         .as_ref()
         .map_or_else(Fence::open, |held| Fence::until(held.valid_until()));
+    let _ = fence_cell.set(fence.clone());
     let api = Fenced { inner: api, fence };
     let stop_acting = {
         let shutdown = shutdown.clone();

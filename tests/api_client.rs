@@ -1330,3 +1330,35 @@ async fn a_build_log_is_read_up_to_its_own_limit() {
     let err = api.logs(&t, &created.id).await.unwrap_err();
     assert!(err.to_string().contains("limit of 65536 bytes"), "{err}");
 }
+
+#[tokio::test]
+async fn a_closed_write_gate_refuses_creates_cancels_and_deletes_unsent_and_lets_reads_through() {
+    let sim = start(Duration::from_secs(30)).await;
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let gate = open.clone();
+    let api = HttpClient::new(ClientConfig {
+        write_gate: Some(std::sync::Arc::new(move || {
+            gate.load(std::sync::atomic::Ordering::SeqCst)
+        })),
+        ..config(&sim)
+    })
+    .unwrap();
+    let t = token(WRITE);
+    let id = api.create(&t, &create_req("main")).await.unwrap().id;
+
+    open.store(false, std::sync::atomic::Ordering::SeqCst);
+    let refused = [
+        api.create(&t, &create_req("main")).await.map(|_| ()),
+        api.cancel(&t, &id).await.map(|_| ()),
+        api.delete(&t, &id).await,
+    ];
+    for answer in refused {
+        let err = answer.expect_err("the gate is closed");
+        assert!(err.to_string().contains("not sent"), "{err}");
+    }
+    assert_eq!(api.get(&t, &id).await.unwrap().id, id);
+    // The simulator saw the first create and the get: nothing of the refused writes.
+    let s = stats(&sim).await;
+    assert_eq!(seen_total(&s, "POST /v1/deployments"), 1, "{s}");
+    assert_eq!(s["total"], 2, "{s}");
+}

@@ -129,6 +129,10 @@ pub struct ClientConfig {
     pub max_log_bytes: usize,
     pub user_agent: String,
     pub observer: Option<Arc<dyn ApiObserver>>,
+    /// Asked right before each attempt of a write (create, cancel, delete) is sent, after
+    /// its rate-budget wait: `false` refuses it unsent. The operator's leader fence, so that a
+    /// write that waited for budget past the renew deadline is not sent.
+    pub write_gate: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl Default for ClientConfig {
@@ -143,6 +147,7 @@ impl Default for ClientConfig {
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             user_agent: concat!("gitdev-operator/", env!("CARGO_PKG_VERSION")).to_owned(),
             observer: None,
+            write_gate: None,
         }
     }
 }
@@ -361,6 +366,17 @@ impl HttpClient {
                     });
                 }
             };
+            let write = matches!(
+                endpoint,
+                Endpoint::Create | Endpoint::Cancel | Endpoint::Delete
+            );
+            if write && config.write_gate.as_ref().is_some_and(|may| !may()) {
+                drop(permit);
+                return Err(ApiError::Transport {
+                    endpoint,
+                    message: "not sent: this replica does not hold the leader Lease".into(),
+                });
+            }
             attempt += 1;
             let attempt_started = Instant::now();
             let mut request = self

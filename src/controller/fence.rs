@@ -41,6 +41,13 @@ impl Fence {
         }
     }
 
+    /// The fence as a gate the HTTP client asks right before it sends a write, after any wait
+    /// for rate budget (`ClientConfig::write_gate`).
+    pub fn gate(&self) -> std::sync::Arc<dyn Fn() -> bool + Send + Sync> {
+        let fence = self.clone();
+        std::sync::Arc::new(move || fence.holds())
+    }
+
     /// Refuses, with an error that says nothing was sent, when the fence does not hold.
     pub fn check(&self, endpoint: Endpoint) -> Result<(), ApiError> {
         if self.holds() {

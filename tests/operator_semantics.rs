@@ -287,14 +287,17 @@ fn a_deployment_deleted_behind_the_operators_back_is_reported_and_its_url_droppe
 }
 
 #[test]
-fn a_deletion_whose_token_secret_is_gone_says_why_then_orphans_after_the_grace_period() {
+fn a_deletion_with_no_usable_token_says_why_then_orphans_after_the_grace_period() {
     let w = world("sem-cred-loss", 0.0);
-    let _op = w.spawn_operator(&[]);
+    let mut op = w.spawn_operator(&[]);
     w.apply(&gitdeployment("web", "main", "")).expect_success();
     let id = w.wait_ready_with("web", None);
-    // As when a namespace is deleted: the Secret goes first.
+    // The Secret goes, and the operator restarts, so that no token it used is remembered
+    // (with one, the cleanup deletes: see operator_trust).
+    op.proc.terminate(Duration::from_secs(15));
     w.kubectl(&["delete", "secret", "gitdev-credentials"])
         .expect_success();
+    let _op = w.spawn_operator(&[]);
     w.kubectl(&["delete", "gitdeployment", "web", "--wait=false"])
         .expect_success();
     let message = w.wait_for("web", "Stalled", "CleanupBlocked");

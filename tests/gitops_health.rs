@@ -23,8 +23,6 @@ use std::time::Duration;
 use common::cluster::{Cluster, cluster, repo_path};
 use common::stack::{eventually, http};
 use common::world::World;
-use mlua::serde::SerializeOptions;
-use mlua::{Lua, LuaOptions, LuaSerdeExt, StdLib};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -209,28 +207,9 @@ struct ArgoHealth {
     message: String,
 }
 
-/// Runs examples/argocd/health.lua on `obj` as Argo CD does: Lua 5.1, the object as the global
-/// `obj` (JSON null as nil, as Argo CD's conversion does), only the base, table, string and math
-/// libraries, and the chunk's return value as the verdict.
+/// Runs examples/argocd/health.lua on `obj` as Argo CD does (Lua 5.1, [`common::argocd_lua::run`]).
 fn argocd_health(obj: &Value) -> ArgoHealth {
-    let lua = Lua::new_with(
-        StdLib::TABLE | StdLib::STRING | StdLib::MATH,
-        LuaOptions::new(),
-    )
-    .expect("a Lua 5.1 state");
-    let options = SerializeOptions::new()
-        .serialize_none_to_null(false)
-        .serialize_unit_to_null(false);
-    let value = lua.to_value_with(obj, options).expect("obj as a Lua table");
-    lua.globals().set("obj", value).unwrap();
-    let script = example("argocd/health.lua");
-    let hs: mlua::Value = lua
-        .load(script.as_str())
-        .set_name("health.lua")
-        .eval()
-        .unwrap_or_else(|e| panic!("health.lua failed on {obj}: {e}"));
-    lua.from_value(hs)
-        .unwrap_or_else(|e| panic!("health.lua returned no {{status, message}} table: {e}"))
+    common::argocd_lua::run("health.lua", &example("argocd/health.lua"), obj)
 }
 
 /// `tests/kstatus`, built once per test binary.

@@ -258,4 +258,12 @@ fn the_argocd_health_check_snippet_merges_into_argocd_cm_with_the_documented_com
         cm["data"]["resource.customizations.health.git.dev_Deployment"].as_str(),
         Some(read("charts/gitdev-operator/files/argocd-health.lua").as_str())
     );
+    // The resource actions travel with it (their content: tests/argocd_actions.rs).
+    let actions = "resource.customizations.actions.git.dev_Deployment";
+    assert_eq!(
+        cm["data"][actions],
+        r.one("ConfigMap")["data"][actions],
+        "{cm}"
+    );
+    assert!(cm["data"][actions].is_string(), "{cm}");
 }

@@ -235,7 +235,6 @@ impl Deployment {
         if self.fails {
             if elapsed >= end {
                 line(end, "building", "Failed to compile.");
-                line(end, "building", "");
                 line(end, "building", "./src/app/page.tsx:12:7");
                 line(
                     end,

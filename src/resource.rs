@@ -248,6 +248,11 @@ pub struct GitDeploymentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_url: Option<String>,
 
+    /// Why the current remote deployment failed, from its build log: read once, when the
+    /// operator first sees it `failed`, and never again for the same deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<DeploymentFailure>,
+
     /// The commit actually deployed (the branch HEAD when `spec.commitSha` is absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_sha: Option<String>,
@@ -284,6 +289,17 @@ pub struct GitDeploymentStatus {
     /// Earlier remote deployments of this object, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+}
+
+/// The cause of a failed deployment, as its build log tells it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentFailure {
+    /// The failed remote deployment whose build log was read.
+    pub deployment_id: String,
+    /// The last meaningful lines of its build log, up to the failing step (at most 1,500
+    /// characters). Values the operator took from `envFrom` Secrets show as `***`.
+    pub excerpt: String,
 }
 
 /// An earlier remote deployment of this object.

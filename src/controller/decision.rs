@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::failure::BuildLog;
 use super::state::State;
 use crate::api::{ApiError, DeploymentDetails, DeploymentStatus as Remote, ErrorClass};
 use crate::resource::DeletionPolicy;
@@ -305,6 +306,11 @@ impl Health {
 /// Where the object stands once the action of this reconcile is done, from what the API
 /// says of its current deployment.
 pub fn health(goal: &Goal, state: &State, observed: &Observed) -> Health {
+    health_with_log(goal, state, observed, &BuildLog::NotRead)
+}
+
+/// `health`, with what the build log of a failed deployment says (`failure.rs`).
+pub fn health_with_log(goal: &Goal, state: &State, observed: &Observed, log: &BuildLog) -> Health {
     if goal.deleting {
         return Health::progressing("Deleting", "cleaning up remote deployments before deletion");
     }
@@ -346,18 +352,7 @@ pub fn health(goal: &Goal, state: &State, observed: &Observed) -> Health {
                     d.id, d.deploy_url
                 ),
             ),
-            Remote::Failed => Health::stalled(
-                "DeploymentFailed",
-                format!(
-                    "deployment {} failed; {}; fix the branch and change spec.commitSha or spec.redeploy to deploy again",
-                    d.id,
-                    if d.logs_url.is_empty() {
-                        "its build log will be linked in status.logsUrl".to_string()
-                    } else {
-                        format!("see its build log at {}", d.logs_url)
-                    }
-                ),
-            ),
+            Remote::Failed => failed(d, log),
             Remote::Cancelled if goal.cancel || state.cancel_requested => Health::ready(
                 "Cancelled",
                 format!("deployment {} was cancelled as spec.cancel requested", d.id),
@@ -372,6 +367,40 @@ pub fn health(goal: &Goal, state: &State, observed: &Observed) -> Health {
             ),
         },
     }
+}
+
+/// A failed deployment: what to do about it, then what its build log says. The excerpt comes
+/// last, on lines of its own, as a terminal showed them; the first line alone says it all.
+fn failed(d: &DeploymentDetails, log: &BuildLog) -> Health {
+    let fix = "fix the branch and change spec.commitSha or spec.redeploy to deploy again";
+    let at = if d.logs_url.is_empty() {
+        "status.logsUrl".to_string()
+    } else {
+        cut(&d.logs_url, QUOTE_LIMIT)
+    };
+    let message = match log {
+        BuildLog::NotRead if d.logs_url.is_empty() => format!(
+            "deployment {} failed; its build log will be linked in status.logsUrl; {fix}",
+            d.id
+        ),
+        BuildLog::NotRead => format!(
+            "deployment {} failed; see its build log at {at}; {fix}",
+            d.id
+        ),
+        BuildLog::Excerpt(e) if e.is_empty() => format!(
+            "deployment {} failed; its build log ({at}) has no lines to show; {fix}",
+            d.id
+        ),
+        BuildLog::Excerpt(e) => format!(
+            "deployment {} failed; {fix}; the end of its build log ({at}):\n{e}",
+            d.id
+        ),
+        BuildLog::Unreadable(why) => format!(
+            "deployment {} failed; the build log could not be read: {why}; it is read again later, or see it at {at}; {fix}",
+            d.id
+        ),
+    };
+    Health::stalled("DeploymentFailed", message)
 }
 
 /// How the reconciler answers an API error: stop and tell a human, or retry.

@@ -7,7 +7,8 @@
 //! 4. `observe`: the tracked deployment as it is now (batched listings, GETs).
 //! 5. `decision`: pure; the one step to take and when to look again.
 //! 6. `act`: create, cancel, prune history, delete or orphan on deletion.
-//! 7. `status`: pure; the status to mirror, written by the round only when it changed.
+//! 7. `failure`: a failed deployment's build log, read once, for the message and an event.
+//! 8. `status`: pure; the status to mirror, written by the round only when it changed.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -222,9 +223,10 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
         Step::Wait | Step::Delete { .. } | Step::Orphan { .. } | Step::Release => observed,
     };
     round.prune_history(&token).await;
+    let log = round.build_log(&token, &observed, &desired).await;
 
-    let health = decision::health(&goal, &round.state, &observed);
-    let requeue = match next.recheck {
+    let health = decision::health_with_log(&goal, &round.state, &observed, &log);
+    let requeue = match log.recheck(next.recheck) {
         Recheck::Poll(every) => Requeue::requeue(jitter(every)),
         Recheck::Existence => Requeue::requeue(jitter(ctx.config.existence_check)),
         Recheck::OnChange => Requeue::await_change(),

@@ -15,12 +15,13 @@ use serde_json::json;
 
 use super::decision::{self, Health, Observed, Recovery};
 use super::desired::{DesiredDeployment, Stamp};
+use super::failure::fit_note;
 use super::secrets::{self, SecretProblem};
 use super::state::{self, State, Trust};
 use super::status::{build_status, ready_reason};
 use super::{Context, Error};
 use crate::api::{ApiError, ApiToken, DeploymentsApi};
-use crate::resource::GitDeployment;
+use crate::resource::{DeploymentFailure, GitDeployment};
 
 /// Field manager of every write the operator makes.
 pub const MANAGER: &str = "gitdev-operator";
@@ -34,6 +35,9 @@ pub(super) struct Round<'a, A: DeploymentsApi> {
     pub state: State,
     /// Whether `state` is the operator's own, signed for this object.
     pub trust: Trust,
+    /// The build log of a failed deployment, read in this round (`failure.rs`): news for the
+    /// status and for an event.
+    pub failure: Option<DeploymentFailure>,
 }
 
 impl<'a, A: DeploymentsApi> Round<'a, A> {
@@ -47,6 +51,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             state,
             trust,
             obj: obj.clone(),
+            failure: None,
         })
     }
 
@@ -249,9 +254,31 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         requeue: Requeue,
     ) -> Result<Requeue, Error> {
         let previous = self.obj.status.clone().unwrap_or_default();
-        let status = build_status(&self.obj, &self.state, observed, &health, Timestamp::now());
-        if ready_reason(&previous) != Some(health.reason()) {
-            self.announce(&health).await;
+        let read = self.failure.take();
+        let status = build_status(
+            &self.obj,
+            &self.state,
+            observed,
+            &health,
+            read.as_ref(),
+            Timestamp::now(),
+        );
+        match &read {
+            // A build log read now is news even when the object was already DeploymentFailed
+            // (an earlier read failed). Its own action per deployment: the recorder would fold
+            // it into an earlier deployment's series, which keeps that one's note.
+            Some(f) if health.reason() == "DeploymentFailed" => {
+                let action = format!("ReadBuildLog {}", decision::cut(&f.deployment_id, 100));
+                self.event_of(
+                    EventType::Warning,
+                    health.reason(),
+                    &action,
+                    health.message(),
+                )
+                .await;
+            }
+            _ if ready_reason(&previous) != Some(health.reason()) => self.announce(&health).await,
+            _ => {}
         }
         if status != previous {
             let patch = json!({
@@ -307,7 +334,9 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         let event = Event {
             type_,
             reason: reason.to_string(),
-            note: Some(note.chars().take(1000).collect()),
+            // The API server refuses a note over 1 kB (bytes): the first line and the last
+            // ones are kept (a build log excerpt ends with its cause).
+            note: Some(fit_note(note, 1000)),
             action: action.to_string(),
             secondary: None,
         };

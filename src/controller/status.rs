@@ -6,11 +6,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::decision::{Health, Observed, cut};
 use super::state::State;
-use crate::resource::{GitDeployment, GitDeploymentStatus, HistoryEntry};
+use crate::resource::{DeploymentFailure, GitDeployment, GitDeploymentStatus, HistoryEntry};
 
 /// The longest condition message written: whatever built it (API answers included), a
 /// condition stays readable in `kubectl describe` and far below the API server's limits.
-pub const MESSAGE_LIMIT: usize = 1024;
+/// Room for a build log excerpt (`failure::EXCERPT_LIMIT`) and what is said around it.
+pub const MESSAGE_LIMIT: usize = 2048;
 
 /// The whole status, from what was observed in this reconcile. `Observed::Unread` means the
 /// remote deployment was not looked at this time: its mirrored fields are kept as they were.
@@ -19,6 +20,7 @@ pub fn build_status(
     state: &State,
     observed: &Observed,
     health: &Health,
+    read: Option<&DeploymentFailure>,
     now: Timestamp,
 ) -> GitDeploymentStatus {
     let previous = obj.status.clone().unwrap_or_default();
@@ -74,6 +76,13 @@ pub fn build_status(
             status.cancelled_by = d.cancelled_by.clone();
         }
     }
+    // Read once per deployment: what an earlier reconcile read of the current one stays.
+    status.failure = read.cloned().or_else(|| {
+        previous
+            .failure
+            .clone()
+            .filter(|f| status.deployment_id.as_deref() == Some(f.deployment_id.as_str()))
+    });
     status.conditions = health
         .conditions()
         .iter()

@@ -167,7 +167,11 @@ impl Deployment {
         }
     }
 
-    /// The build log as far as the deployment got: a few timestamped lines per phase reached.
+    /// The build log as far as the deployment got: the steps of each phase reached (runner,
+    /// clone, install, build; upload, start, health check), timestamped. A `fail*` branch fails
+    /// in its build step with a compiler's error lines, and its build script dumps the
+    /// environment on the way out, values and all, as careless build scripts do: a client
+    /// that shows log lines must mask what came from its secrets.
     pub fn logs(&self, now: Instant) -> String {
         let elapsed = match &self.cancelled {
             Some(c) => c.after,
@@ -175,7 +179,7 @@ impl Deployment {
         };
         let p = &self.phases;
         let (end_status, end) = natural_end(p, self.fails);
-        let mut out = String::with_capacity(1024);
+        let mut out = String::with_capacity(2048);
         let mut line = |offset: Duration, phase: &str, text: &str| {
             let ts = plus(self.created_at, offset);
             let ts = ts.round(jiff::Unit::Millisecond).unwrap_or(ts);
@@ -207,17 +211,60 @@ impl Deployment {
         line(Duration::ZERO, "queued", "Waiting for a build runner");
         // A cancel is only accepted before the natural end, so `elapsed < end` when cancelled.
         if elapsed >= p.queued {
-            line(
-                p.queued,
-                "building",
-                &format!("Cloning repository at {}", self.commit_sha),
-            );
-            line(p.queued, "building", "Installing dependencies");
-            line(p.queued, "building", "Running build command");
+            let b = p.queued;
+            let steps = [
+                "Build runner assigned (2 vCPU, 8 GB)".to_string(),
+                format!("Cloning repository at {}", self.commit_sha),
+                "Receiving objects: 100% (1342/1342), 2.1 MiB | 9.8 MiB/s, done.".into(),
+                "Restored build cache from the previous deployment".into(),
+                "Installing dependencies".into(),
+                "Running \"npm ci\"".into(),
+                "Downloading packages [=========>          ] 48%".into(),
+                "Downloading packages [====================] 100%".into(),
+                "added 312 packages, and audited 313 packages in 4s".into(),
+                "Running build command".into(),
+                "Running \"npm run build\"".into(),
+                "> web@1.0.0 build".into(),
+                "> next build".into(),
+                "Creating an optimized build ...".into(),
+            ];
+            for step in &steps {
+                line(b, "building", step);
+            }
         }
         if self.fails {
             if elapsed >= end {
-                line(end, "building", "error: build command exited with status 1");
+                line(end, "building", "Failed to compile.");
+                line(end, "building", "./src/app/page.tsx:12:7");
+                line(
+                    end,
+                    "building",
+                    "Type error: Property 'title' does not exist on type 'PageProps'.",
+                );
+                line(end, "building", "  11 |   return (");
+                line(end, "building", "> 12 |     <h1>{props.title}</h1>");
+                line(end, "building", "     |       ^");
+                if !self.env_vars.is_empty() {
+                    let env: Vec<String> = (self.env_vars.iter())
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    line(
+                        end,
+                        "building",
+                        &format!("build environment: {}", env.join(" ")),
+                    );
+                }
+                line(
+                    end,
+                    "building",
+                    "npm ERR! Lifecycle script `build` failed with error:",
+                );
+                line(
+                    end,
+                    "building",
+                    "error: build command \"npm run build\" exited with status 1",
+                );
+                line(end, "building", "Cleaning up the build runner");
                 line(
                     end,
                     "failed",
@@ -227,8 +274,9 @@ impl Deployment {
         } else {
             let deploying = p.queued + p.building;
             if elapsed >= deploying {
+                line(deploying, "building", "Compiled successfully");
                 line(deploying, "deploying", "Build completed");
-                line(deploying, "deploying", "Uploading build output");
+                line(deploying, "deploying", "Uploading build output (4.2 MiB)");
                 line(deploying, "deploying", "Starting instances");
             }
             if elapsed >= end {

@@ -377,6 +377,41 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_branch_logs_its_failing_step_and_dumps_its_environment() {
+        let mut store = Store::default();
+        let t0 = Instant::now();
+        let f = store
+            .create(new("fail/x", phases(1.0, 1.0, 1.0)), t0, Timestamp::now())
+            .id
+            .clone();
+        let d = store.get(&f, None).unwrap();
+        let building = d.logs(t0 + secs(1.5));
+        assert!(
+            building.contains("npm run build") && !building.contains("Type error"),
+            "{building}"
+        );
+        let failed = d.logs(t0 + secs(2.0));
+        for step in [
+            "Cloning repository",
+            "Installing dependencies",
+            "Type error:",
+            "build environment: NODE_ENV=production",
+            "exited with status 1",
+            "[failed] Build failed after 2.0s",
+        ] {
+            assert!(failed.contains(step), "{step} in {failed}");
+        }
+        // What a client shows of it: the failing step, the environment masked.
+        let shown = crate::controller::failure::excerpt(&failed, &["production".to_string()]);
+        assert!(shown.contains("Type error:"), "{shown}");
+        assert!(
+            shown.contains("NODE_ENV=***") && !shown.contains("production"),
+            "{shown}"
+        );
+        assert!(shown.ends_with("Build failed after 2.0s"), "{shown}");
+    }
+
+    #[test]
     fn logs_of_instant_deployments_show_every_phase() {
         let mut store = Store::default();
         let t0 = Instant::now();

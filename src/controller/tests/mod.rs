@@ -13,6 +13,7 @@ mod claims;
 mod create;
 mod deletion;
 mod errors;
+mod failure;
 mod fencing;
 mod lost_create;
 mod observation;

@@ -26,6 +26,8 @@ pub struct FakeState {
     pub calls: Vec<String>,
     pub tokens: Vec<String>,
     pub creates: Vec<CreateDeploymentRequest>,
+    /// Build logs by deployment id; `"logs of <id>"` when none is set.
+    pub logs: HashMap<String, String>,
 }
 
 /// The Deployments API in memory, behaving like the real one unless scripted otherwise:
@@ -304,8 +306,9 @@ impl DeploymentsApi for FakeApi {
         if let Some(Script::Fail(e)) = self.enter(Endpoint::Logs, Some(id), token) {
             return Err(e);
         }
+        let log = self.state().logs.get(id).cloned();
         self.deployment(id)
-            .map(|d| format!("logs of {}", d.id))
+            .map(|d| log.unwrap_or_else(|| format!("logs of {}", d.id)))
             .ok_or_else(|| Self::not_found(Endpoint::Logs))
     }
 }

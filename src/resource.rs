@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 pub const FINALIZER: &str = "git.dev/cleanup";
 /// Adoption and status-loss safety: the id of the remote deployment this object owns.
 pub const ANNOTATION_DEPLOYMENT_ID: &str = "git.dev/deployment-id";
+/// `git.dev/paused: "true"` holds back every write to the Deployments API for the object
+/// (create, cancel, pruning of history) while observation goes on; deletion is never held
+/// back. Only the exact value `"true"` pauses, as with Crossplane's `crossplane.io/paused`.
+pub const ANNOTATION_PAUSED: &str = "git.dev/paused";
 /// Default name of the Secret holding the API token, in the object's namespace.
 pub const DEFAULT_CREDENTIALS_SECRET: &str = "gitdev-credentials";
 /// Default key of the API token inside that Secret.
@@ -61,6 +65,13 @@ pub const DEFAULT_HISTORY_LIMIT: i32 = 10;
         name = "Reason",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Last-Good",
+        type_ = "string",
+        json_path = ".status.lastSuccessful.deploymentId",
+        description = "The last deployment seen succeeding (status.lastSuccessful)",
         priority = 1
     ),
     printcolumn(
@@ -289,6 +300,26 @@ pub struct GitDeploymentStatus {
     /// Earlier remote deployments of this object, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+
+    /// The last remote deployment of this object seen succeeding: kept when later deployments
+    /// fail, are cancelled or superseded, and when `historyLimit` prunes it from `history`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful: Option<LastSuccessful>,
+}
+
+/// The last remote deployment of this object that succeeded, as it was when seen succeeding.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastSuccessful {
+    /// Id of the remote deployment, like `dep_9x2m4p`.
+    pub deployment_id: String,
+    /// The commit it deployed.
+    pub commit_sha: String,
+    /// Its public URL, like `https://dep_9x2m4p.git.dev`.
+    pub url: String,
+    /// When it finished, once the API has reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
 }
 
 /// The cause of a failed deployment, as its build log tells it.
@@ -317,6 +348,17 @@ pub struct HistoryEntry {
     /// When it was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Time>,
+}
+
+impl GitDeployment {
+    /// Whether `git.dev/paused: "true"` holds back the object's writes to the Deployments API.
+    pub fn paused(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_PAUSED))
+            .is_some_and(|v| v == "true")
+    }
 }
 
 impl GitDeploymentSpec {

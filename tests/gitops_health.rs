@@ -101,6 +101,22 @@ const STATES: &[State] = &[
         flux: "Current",
     },
     State {
+        name: "paused-nothing-due",
+        shows: "`git.dev/paused: \"true\"` on a live deployment whose spec is deployed: Ready=True, reason `Succeeded`, the message notes the pause",
+        argocd: "Healthy",
+        kstatus: "Current",
+        flux: "Current",
+    },
+    State {
+        name: "paused",
+        shows: "`git.dev/paused: \"true\"` holds back the deployment of a changed spec: Reconciling=True, reason `Paused`",
+        argocd: "Suspended",
+        // kstatus has no "suspended": InProgress is the truth (the spec is not deployed, and
+        // will be once the pause is lifted); Current would let Flux move on as if it were.
+        kstatus: "InProgress",
+        flux: "InProgress",
+    },
+    State {
         name: "invalid-credentials",
         shows: "Stalled=True, reason `CredentialsNotFound` (no token Secret)",
         argocd: "Degraded",
@@ -450,6 +466,50 @@ fn a_build_cancelled_with_spec_cancel_is_healthy_in_argocd_and_current_for_kstat
         argo.message,
         condition(&cancelled, "Ready").unwrap()["message"]
     );
+}
+
+#[test]
+fn a_paused_object_holding_back_a_new_deployment_is_suspended_in_argocd_and_in_progress_for_kstatus_and_flux()
+ {
+    let w = world("gitops-paused", QUICK_PHASE_SECONDS);
+    w.token_secret("sk_test_write");
+    w.apply_example("basic.yaml");
+    w.wait_for_object("web", "Ready", "Succeeded");
+
+    w.kubectl(&["annotate", "gitdeployment", "web", "git.dev/paused=true"])
+        .expect_success();
+    let live = w.get_when("web", "Ready=True noting the pause", |o| {
+        is_condition(o, "Ready", "True", "Succeeded")
+            && condition(o, "Ready").is_some_and(|c| {
+                c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("git.dev/paused"))
+            })
+    });
+    judge("paused-nothing-due", &live);
+
+    // The spec changes in Git; the pause holds its deployment back.
+    let changed = example("basic.yaml").replace("NODE_ENV: production", "NODE_ENV: staging");
+    w.apply(&changed).expect_success();
+    let paused = w.get_when("web", "Reconciling=True Paused, generation observed", |o| {
+        is_condition(o, "Reconciling", "True", "Paused") && generation_observed(o)
+    });
+    let argo = judge("paused", &paused);
+    assert_eq!(
+        argo.message,
+        condition(&paused, "Reconciling").unwrap()["message"]
+    );
+    assert!(argo.message.contains("remove git.dev/paused"), "{argo:?}");
+    assert_eq!(w.sim.deployments().len(), 1, "nothing made while paused");
+
+    // Lifted, the held-back deployment is made, once.
+    w.kubectl(&["annotate", "gitdeployment", "web", "git.dev/paused-"])
+        .expect_success();
+    w.get_when("web", "Ready=True of the new spec", |o| {
+        is_condition(o, "Ready", "True", "Succeeded")
+            && o["status"]["deploymentId"] != live["status"]["deploymentId"]
+    });
+    assert_eq!(w.sim.deployments().len(), 2);
 }
 
 #[test]

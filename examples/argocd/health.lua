@@ -12,6 +12,7 @@
 --   than metadata.generation                  -> Progressing (the operator has not seen this spec yet)
 --   Stalled=True                              -> Degraded    ("<reason>: <message>": a human must act)
 --   Ready=True                                -> Healthy     (Succeeded, or Cancelled as spec.cancel asked)
+--   Reconciling=True with reason Paused       -> Suspended   (git.dev/paused holds back a create or cancel)
 --   anything else                             -> Progressing (the Reconciling message)
 -- tests/gitops_health.rs runs this file on objects captured from a real API server in each state.
 
@@ -89,8 +90,16 @@ if is_true(ready) then
   return hs
 end
 
-hs.status = "Progressing"
 local reconciling = find_condition(status, "Reconciling")
+-- A pause that holds nothing back keeps the health it had (Healthy when live); one that holds
+-- back a new deployment or a cancel is the deliberate stop Argo CD calls Suspended.
+if is_true(reconciling) and reconciling.reason == "Paused" then
+  hs.status = "Suspended"
+  hs.message = reconciling.message or "paused by the git.dev/paused annotation"
+  return hs
+end
+
+hs.status = "Progressing"
 if reconciling ~= nil and (reconciling.message or "") ~= "" then
   hs.message = reconciling.message
 else

@@ -123,6 +123,10 @@ impl<A: DeploymentsApi> Round<'_, A> {
 
     /// Deletes, remotely, the oldest history beyond `historyLimit`.
     pub async fn prune_history(&mut self, token: &ApiToken) {
+        // A pause holds back every write to the API: the oldest wait until it is lifted.
+        if self.obj.paused() {
+            return;
+        }
         let limit = self.obj.spec.history_limit();
         while self.state.history.len() > limit {
             let Some(oldest) = self.state.history.last().cloned() else {

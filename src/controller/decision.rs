@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::failure::BuildLog;
 use super::state::State;
 use crate::api::{ApiError, DeploymentDetails, DeploymentStatus as Remote, ErrorClass};
-use crate::resource::DeletionPolicy;
+use crate::resource::{ANNOTATION_PAUSED, DeletionPolicy};
 
 /// What the object wants, reduced to what decisions need.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub struct Goal {
     pub deletion_policy: DeletionPolicy,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
+    /// `git.dev/paused: "true"`: no create or cancel (observation goes on). Deletion ignores
+    /// it: a pause that held the finalizer would hang namespace deletion (Crossplane's trap).
+    pub paused: bool,
 }
 
 /// The remote deployment the object tracks, as seen in this reconcile.
@@ -128,12 +131,37 @@ pub fn decide(goal: &Goal, state: &State, observed: &Observed) -> Next {
     if goal.deleting {
         return Next::only(decide_deletion(goal, state, observed));
     }
+    let next = decide_live(goal, state, observed);
+    if goal.paused && held_back(&next.step) {
+        // Only the write is held back: the deployment is still watched as it would be.
+        return Next::wait(watch_only(observed));
+    }
+    next
+}
+
+/// A step that writes to the Deployments API, which a pause holds back.
+fn held_back(step: &Step) -> bool {
+    matches!(step, Step::Create { .. } | Step::Cancel { .. })
+}
+
+/// How a paused object keeps watching its deployment: as often as an unpaused one would.
+fn watch_only(observed: &Observed) -> Recheck {
+    match observed {
+        Observed::Found(d) if details_pending(d) => Recheck::Poll(DETAILS_RECHECK),
+        Observed::Found(d) => match poll_interval(d.status) {
+            Some(every) => Recheck::Poll(every),
+            None if d.status == Remote::Success => Recheck::Existence,
+            None => Recheck::OnChange,
+        },
+        // Removing the annotation wakes the object (`run::wake_hash`).
+        _ => Recheck::OnChange,
+    }
+}
+
+fn decide_live(goal: &Goal, state: &State, observed: &Observed) -> Next {
     // An unknown fingerprint (a deployment adopted by id) counts as the current spec: replacing
     // it would be a deployment nobody asked for.
-    let spec_changed = state
-        .fingerprint
-        .as_deref()
-        .is_some_and(|fp| fp != goal.fingerprint);
+    let spec_changed = spec_changed(goal, state);
     let create = |supersede| Next {
         step: Step::Create { supersede },
         // A new deployment starts queued.
@@ -314,6 +342,69 @@ pub fn health_with_log(goal: &Goal, state: &State, observed: &Observed, log: &Bu
     if goal.deleting {
         return Health::progressing("Deleting", "cleaning up remote deployments before deletion");
     }
+    let normal = remote_health(goal, state, observed, log);
+    if !goal.paused {
+        return normal;
+    }
+    match decide_live(goal, state, observed).step {
+        // Reconciling=True: the desired state is not reached, and will be once the pause is
+        // lifted. kstatus knows no "suspended"; InProgress is its honest verdict (Current
+        // would claim the spec is deployed, Failed would alarm about a deliberate choice).
+        // Argo CD's health check shows reason Paused as Suspended.
+        Step::Create { supersede } => Health::progressing(
+            "Paused",
+            format!(
+                "{ANNOTATION_PAUSED} is \"true\": {} is due and not made; remove {ANNOTATION_PAUSED} to deploy{}",
+                match observed {
+                    Observed::Untracked => "a first deployment",
+                    _ if spec_changed(goal, state) => "a new deployment of the changed spec",
+                    _ => "a new deployment (spec.cancel was lifted)",
+                },
+                match &supersede {
+                    Some(id) => format!(" (it supersedes {id}, which is still in progress)"),
+                    None => String::new(),
+                }
+            ),
+        ),
+        Step::Cancel { id, .. } => Health::progressing(
+            "Paused",
+            format!(
+                "{ANNOTATION_PAUSED} is \"true\": spec.cancel asks to cancel deployment {id}, which is not cancelled; remove {ANNOTATION_PAUSED} to cancel it"
+            ),
+        ),
+        // Nothing is held back: where it stands, and that the next change would wait.
+        _ => {
+            let note = format!(
+                " ({ANNOTATION_PAUSED} is \"true\": no deployment is created or cancelled until it is removed)"
+            );
+            match normal {
+                Health::Ready { reason, message } => Health::Ready {
+                    reason,
+                    message: message + &note,
+                },
+                Health::Progressing { reason, message } => Health::Progressing {
+                    reason,
+                    message: message + &note,
+                },
+                Health::Stalled { reason, message } => Health::Stalled {
+                    reason,
+                    message: message + &note,
+                },
+            }
+        }
+    }
+}
+
+/// The spec's fingerprint is not the one the tracked deployment was made from.
+fn spec_changed(goal: &Goal, state: &State) -> bool {
+    state
+        .fingerprint
+        .as_deref()
+        .is_some_and(|fp| fp != goal.fingerprint)
+}
+
+/// Where the object stands from what the API says of its current deployment alone.
+fn remote_health(goal: &Goal, state: &State, observed: &Observed, log: &BuildLog) -> Health {
     match observed {
         Observed::Unread => {
             Health::progressing("Pending", "accepted by gitdev-operator; reconciling")
@@ -534,6 +625,14 @@ mod tests {
             cancel: false,
             deletion_policy: DeletionPolicy::Delete,
             deleting: false,
+            paused: false,
+        }
+    }
+
+    fn paused(fp: &str) -> Goal {
+        Goal {
+            paused: true,
+            ..want(fp)
         }
     }
 
@@ -611,6 +710,68 @@ mod tests {
         ];
         for (name, desired, memory, observed, expected) in table {
             assert_eq!(decide(&desired, &memory, &observed), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_pause_holds_back_creates_and_cancels_and_keeps_watching_the_deployment() {
+        use Remote::*;
+        let cancel = Goal {
+            cancel: true,
+            ..paused("A")
+        };
+        let cancelled_by_us = State {
+            cancel_requested: true,
+            ..made_for("A")
+        };
+        #[rustfmt::skip]
+        let table: Vec<(&str, Goal, State, Observed, Next)> = vec![
+            ("a paused new object creates nothing", paused("A"), State::default(), Observed::Untracked, HOLD),
+            ("a paused new spec creates nothing after success", paused("B"), made_for("A"), details("d1", Success), EXISTENCE),
+            ("a paused new spec supersedes nothing and polls the build", paused("B"), made_for("A"), details("d1", Building), poll(Building)),
+            ("a paused new spec after failure creates nothing", paused("B"), made_for("A"), details("d1", Failed), HOLD),
+            ("a paused new spec after an external delete creates nothing", paused("B"), made_for("A"), Observed::Missing { id: "d1".into() }, HOLD),
+            ("a paused cancel cancels nothing and polls the build", cancel.clone(), made_for("A"), details("d1", Queued), poll(Queued)),
+            ("a paused lift of cancel deploys nothing", paused("A"), cancelled_by_us, details("d1", Cancelled), HOLD),
+            ("a paused deployment in progress is polled as usual", paused("A"), made_for("A"), details("d1", Deploying), poll(Deploying)),
+            ("a paused success is checked for existence as usual", paused("A"), made_for("A"), details("d1", Success), EXISTENCE),
+            ("paused deletion with policy Delete still deletes", Goal { deleting: true, ..paused("A") }, made_for("A"), details("d1", Success), Next::only(Step::Delete { ids: vec!["d1".into()] })),
+            ("paused deletion with policy Orphan still orphans", Goal { deleting: true, deletion_policy: DeletionPolicy::Orphan, ..paused("A") }, made_for("A"), Observed::Unread, Next::only(Step::Orphan { ids: vec!["d1".into()] })),
+        ];
+        for (name, desired, memory, observed, expected) in table {
+            assert_eq!(decide(&desired, &memory, &observed), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_pause_says_what_it_holds_back_or_keeps_the_normal_health_with_a_note() {
+        use Remote::*;
+        let cancel = Goal {
+            cancel: true,
+            ..paused("A")
+        };
+        #[rustfmt::skip]
+        let table: Vec<(&str, Goal, State, Observed, &str, &str, &str)> = vec![
+            ("first deployment held back", paused("A"), State::default(), Observed::Untracked, "Reconciling", "Paused", "a first deployment is due"),
+            ("new spec held back", paused("B"), made_for("A"), details("d1", Success), "Reconciling", "Paused", "a new deployment of the changed spec is due"),
+            ("supersede held back", paused("B"), made_for("A"), details("d1", Building), "Reconciling", "Paused", "it supersedes d1"),
+            ("cancel held back", cancel, made_for("A"), details("d1", Building), "Reconciling", "Paused", "remove git.dev/paused to cancel it"),
+            ("nothing due, live", paused("A"), made_for("A"), details("d1", Success), "Ready", "Succeeded", "no deployment is created or cancelled until it is removed"),
+            ("nothing due, building", paused("A"), made_for("A"), details("d1", Building), "Reconciling", "Building", "git.dev/paused is \"true\""),
+            ("nothing due, failed", paused("A"), made_for("A"), details("d1", Failed), "Stalled", "DeploymentFailed", "git.dev/paused"),
+            ("deleting ignores the pause", Goal { deleting: true, ..paused("A") }, made_for("A"), details("d1", Success), "Reconciling", "Deleting", "cleaning up"),
+        ];
+        for (name, desired, memory, observed, true_type, reason, says) in table {
+            let h = health(&desired, &memory, &observed);
+            assert_eq!(h.reason(), reason, "{name}");
+            assert!(h.message().contains(says), "{name}: {}", h.message());
+            let trues: Vec<_> = h
+                .conditions()
+                .iter()
+                .filter(|c| c.status == "True")
+                .map(|c| c.type_)
+                .collect();
+            assert_eq!(trues, vec![true_type], "{name}");
         }
     }
 

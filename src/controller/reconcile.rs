@@ -24,8 +24,8 @@ use super::decision::{self, Goal, Health, Observed, Recheck, Step};
 use super::desired::DesiredDeployment;
 use super::recover::Settled;
 use super::round::Round;
-use super::verify;
 use super::{Context, Error};
+use super::{status, verify};
 use crate::api::DeploymentsApi;
 use crate::resource::{FINALIZER, GitDeployment};
 
@@ -135,6 +135,7 @@ fn goal(obj: &GitDeployment, fingerprint: String) -> Goal {
         cancel: obj.spec.cancel,
         deletion_policy: obj.spec.deletion_policy,
         deleting: obj.metadata.deletion_timestamp.is_some(),
+        paused: obj.paused(),
     }
 }
 
@@ -199,6 +200,9 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
     let next = decision::decide(&goal, &round.state, &observed);
     tracing::debug!(object = %round.name(), namespace = %round.namespace, ?next, "decided");
 
+    // The status written at the end mirrors a new deployment: a success seen just before it
+    // was made must still become the last good one.
+    let replaced = matches!(next.step, Step::Create { .. }).then(|| observed.clone());
     let observed = match next.step {
         Step::Create { supersede } => {
             if let Some(id) = supersede
@@ -224,6 +228,9 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
     };
     round.prune_history(&token).await;
     let log = round.build_log(&token, &observed, &desired).await;
+    if let Some(replaced) = &replaced {
+        status::remember_success(&mut round.obj, replaced);
+    }
 
     let health = decision::health_with_log(&goal, &round.state, &observed, &log);
     let requeue = match log.recheck(next.recheck) {

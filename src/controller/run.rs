@@ -432,4 +432,26 @@ mod tests {
         m.list(1, &[]);
         assert_eq!(m.objects(), ["a/new@2"]);
     }
+
+    #[test]
+    fn putting_or_lifting_a_pause_wakes_the_object_and_a_state_write_does_not() {
+        use crate::resource::{ANNOTATION_PAUSED, GitDeploymentSpec};
+        let spec: GitDeploymentSpec =
+            serde_json::from_value(serde_json::json!({"projectId": "proj_a", "branch": "main"}))
+                .unwrap();
+        let with = |annotations: &[(&str, &str)]| {
+            let mut o = GitDeployment::new("web", spec.clone());
+            o.metadata.annotations = Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            wake_hash(&o)
+        };
+        let running = with(&[(ANNOTATION_STATE, "{}")]);
+        let paused = with(&[(ANNOTATION_STATE, "{}"), (ANNOTATION_PAUSED, "true")]);
+        assert_ne!(running, paused);
+        assert_eq!(running, with(&[(ANNOTATION_STATE, r#"{"id":"dep_1"}"#)]));
+    }
 }

@@ -6,7 +6,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::decision::{Health, Observed, cut};
 use super::state::State;
-use crate::resource::{DeploymentFailure, GitDeployment, GitDeploymentStatus, HistoryEntry};
+use crate::api::DeploymentStatus as Remote;
+use crate::resource::{
+    DeploymentFailure, GitDeployment, GitDeploymentStatus, HistoryEntry, LastSuccessful,
+};
 
 /// The longest condition message written: whatever built it (API answers included), a
 /// condition stays readable in `kubectl describe` and far below the API server's limits.
@@ -29,6 +32,7 @@ pub fn build_status(
         history: history(&previous, state),
         spec_fingerprint: state.fingerprint.clone(),
         deployment_id: state.id.clone(),
+        last_successful: last_successful(&previous, observed),
         ..GitDeploymentStatus::default()
     };
     match observed {
@@ -103,6 +107,44 @@ pub fn build_status(
         })
         .collect();
     status
+}
+
+/// Records on the object's status as last read a success seen before this reconcile replaced
+/// the deployment (a new spec right after it succeeded): the status built next mirrors the new
+/// deployment and keeps this one as the last good. Only after a create, whose status always
+/// differs from the one read (a new `deploymentId`), so that the change is written.
+pub fn remember_success(obj: &mut GitDeployment, observed: &Observed) {
+    if let Observed::Found(d) = observed
+        && d.status == Remote::Success
+    {
+        let status = obj.status.get_or_insert_default();
+        status.last_successful = last_successful(status, observed);
+    }
+}
+
+/// The current deployment when it is seen succeeding; otherwise what was recorded before, so
+/// that a failure, a cancel, a new spec or pruned history never loses the last good one.
+fn last_successful(previous: &GitDeploymentStatus, observed: &Observed) -> Option<LastSuccessful> {
+    match observed {
+        Observed::Found(d) if d.status == Remote::Success => {
+            // A listing reports success before a GET gives the completion time: keep one
+            // already read for the same deployment.
+            let completed_at = d.completed_at.map(Time).or_else(|| {
+                previous
+                    .last_successful
+                    .as_ref()
+                    .filter(|l| l.deployment_id == d.id)
+                    .and_then(|l| l.completed_at.clone())
+            });
+            Some(LastSuccessful {
+                deployment_id: d.id.clone(),
+                commit_sha: d.commit_sha.clone(),
+                url: d.deploy_url.clone(),
+                completed_at,
+            })
+        }
+        _ => previous.last_successful.clone(),
+    }
 }
 
 /// History entries for the ids in `state.history`, with what is known of each.

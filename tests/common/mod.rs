@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod cluster_wide;
 pub mod replicas;
+pub mod service_account;
 pub mod stack;
 pub mod world;
 

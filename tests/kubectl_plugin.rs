@@ -188,6 +188,11 @@ fn a_failed_build_is_explained_and_untracked_deployments_are_printed_as_adopting
     let why = plugin(&w, &["why", "broken"]).ok();
     assert!(why.contains("DeploymentFailed"), "{why}");
     assert!(why.contains("End of the build log:"), "{why}");
+    assert_eq!(
+        why.matches("failed; its build log").count(),
+        2,
+        "message once, event once: {why}"
+    );
     assert!(
         why.contains("Next: read the log (`kubectl gitdev logs broken`)"),
         "{why}"
@@ -233,10 +238,19 @@ fn a_failed_build_is_explained_and_untracked_deployments_are_printed_as_adopting
 }
 
 #[test]
-fn a_user_who_may_not_read_the_token_secret_is_told_which_secret_and_which_rule() {
+fn a_missing_or_unreadable_token_secret_is_named_with_the_rule_and_its_own_exit_code() {
     let w = World::new("plugin-rbac", 0.2);
-    w.token_secret("sk_test_write");
     w.apply(&gitdeployment("web", "main", "")).expect_success();
+    // Before the Secret exists: not found, naming it.
+    let missing = plugin(&w, &["logs", "web", "--deployment", "dep_anything"]);
+    assert_eq!(missing.code, 3, "a missing Secret: {missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("Secret \"gitdev-credentials\" not found"),
+        "{missing:?}"
+    );
+    w.token_secret("sk_test_write");
     let kubeconfig = kubeconfig_with_role(
         w.cluster,
         &w.ns,

@@ -233,12 +233,24 @@ pub async fn run(ctx: &Context, args: &WhyArgs, out: &mut (dyn Write + Send)) ->
             "  (none yet: the operator has not looked at this object)"
         )?;
     }
+    // The operator gives all three conditions the same reason and message: say it once.
+    let shared = why
+        .conditions
+        .windows(2)
+        .all(|w| w[0].reason == w[1].reason && w[0].message == w[1].message);
     for c in &why.conditions {
-        writeln!(
-            out,
-            "  {:<12} {:<6} {}: {}",
-            c.type_, c.status, c.reason, c.message
-        )?;
+        if shared {
+            writeln!(out, "  {:<12} {:<6} {}", c.type_, c.status, c.reason)?;
+        } else {
+            writeln!(
+                out,
+                "  {:<12} {:<6} {}: {}",
+                c.type_, c.status, c.reason, c.message
+            )?;
+        }
+    }
+    if let (true, Some(c)) = (shared, why.conditions.first()) {
+        writeln!(out, "  Message: {}", c.message)?;
     }
     writeln!(out, "\nEvents (latest last):")?;
     if why.events.is_empty() {

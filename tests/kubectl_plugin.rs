@@ -149,9 +149,20 @@ fn logs_follow_a_running_build_and_history_why_redeploy_cancel_resume_act_on_the
         "{text}"
     );
 
+    let yaml = plugin(&w, &["why", "web", "-o", "yaml"]).ok();
+    assert!(yaml.contains("nextStep:"), "{yaml}");
+
+    // A third deployment, cancelled while it builds.
+    plugin(&w, &["redeploy", "web"]).ok();
+    let third = eventually(WAIT, "a third deployment", || {
+        let id = w.get("web")["status"]["deploymentId"].as_str()?.to_string();
+        (id != second).then_some(id)
+    });
     let cancel = plugin(&w, &["cancel", "web"]).ok();
     assert!(cancel.contains("spec.cancel: false → true"), "{cancel}");
-    assert_eq!(w.get("web")["spec"]["cancel"], true);
+    w.wait_for("web", "Ready", "Cancelled");
+    let (_, remote) = w.sim.get("sk_test_write", &third);
+    assert_eq!(remote["status"], "cancelled", "{remote}");
     let resume = plugin(&w, &["resume", "web"]).ok();
     assert!(resume.contains("spec.cancel: true → false"), "{resume}");
     // kubectl hides managedFields unless asked.

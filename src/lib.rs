@@ -3,5 +3,6 @@
 pub mod api;
 pub mod controller;
 pub mod metrics;
+pub mod plugin;
 pub mod resource;
 pub mod sim;

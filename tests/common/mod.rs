@@ -12,6 +12,7 @@ pub mod argocd_lua;
 pub mod cluster;
 pub mod cluster_wide;
 pub mod replicas;
+pub mod service_account;
 pub mod stack;
 pub mod world;
 

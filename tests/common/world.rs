@@ -181,6 +181,23 @@ impl World {
         )
     }
 
+    /// Waits until `name` is Ready/Succeeded, its generation observed, on a deployment other
+    /// than `not`; returns that deployment's id.
+    #[track_caller]
+    pub fn wait_succeeded(&self, name: &str, not: Option<&str>) -> String {
+        eventually(WAIT, &format!("{name} Ready on a new deployment"), || {
+            let obj = self.get(name);
+            let id = obj["status"]["deploymentId"].as_str()?.to_string();
+            let ready = obj["status"]["conditions"].as_array()?.iter().any(|c| {
+                c["type"] == "Ready" && c["status"] == "True" && c["reason"] == "Succeeded"
+            });
+            (ready
+                && Some(id.as_str()) != not
+                && obj["status"]["observedGeneration"] == obj["metadata"]["generation"])
+                .then_some(id)
+        })
+    }
+
     /// The events about object `name`, as JSON text.
     pub fn events(&self, name: &str) -> String {
         let selector = format!("involvedObject.name={name}");

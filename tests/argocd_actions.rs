@@ -4,11 +4,10 @@
 //! scripts in the shape Argo CD reads. Every script runs in a real Lua 5.1 (mlua), as
 //! tests/gitops_health.rs runs the health check.
 //!
-//! [`STATES`] is the contract; docs/gitops.md shows it as a table, and a test keeps the two equal.
+//! `STATES` (tests/common/argocd_lua.rs) is the contract; docs/gitops.md shows it as a table, and a test keeps the two equal.
 //! The objects are written here in the shape the operator leaves them in (the conditions and
-//! messages of `src/controller/decision.rs`), so that this binary needs no cluster. When
-//! `cargo test --test gitops_health` has left its captures of real objects in the target
-//! directory, the states both binaries know are checked on those captures too.
+//! messages of `src/controller/decision.rs`), so that this binary needs no cluster;
+//! tests/gitops_health.rs checks the same contract on the real objects it captures.
 
 mod common;
 
@@ -16,86 +15,10 @@ mod common;
 #[path = "helm_chart/helm.rs"]
 mod helm;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
+use common::argocd_lua::{ACTIONS, STATES, action_script as script, offered};
 use common::cluster::repo_path;
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-/// The actions, in the order of the definitions in argocd-cm.
-const ACTIONS: [&str; 3] = ["redeploy", "cancel", "resume"];
-
-/// A state of a gitdeployment and the actions Argo CD must offer in it.
-struct State {
-    /// The name of the state; the states tests/gitops_health.rs also reaches have its names.
-    name: &'static str,
-    /// What the object shows in that state.
-    shows: &'static str,
-    /// The actions offered (not disabled), in [`ACTIONS`] order; the others are disabled.
-    enabled: &'static [&'static str],
-}
-
-const STATES: &[State] = &[
-    State {
-        name: "generation-not-observed",
-        shows: "a new object: `status: {observedGeneration: 0}`",
-        // Cancel holds the first deployment off; the operator may create it any moment.
-        enabled: &["redeploy", "cancel"],
-    },
-    State {
-        name: "new-generation-not-observed",
-        shows: "a spec change (e.g. a redeploy) the operator has not observed yet",
-        enabled: &["redeploy", "cancel"],
-    },
-    State {
-        name: "queued",
-        shows: "Reconciling=True, reason `Queued`",
-        enabled: &["redeploy", "cancel"],
-    },
-    State {
-        name: "building",
-        shows: "Reconciling=True, reason `Building`",
-        enabled: &["redeploy", "cancel"],
-    },
-    State {
-        name: "success",
-        shows: "Ready=True, reason `Succeeded`",
-        // Cancel would change nothing about a live deployment, only hold the next one off.
-        enabled: &["redeploy"],
-    },
-    State {
-        name: "failed",
-        shows: "Stalled=True, reason `DeploymentFailed`",
-        enabled: &["redeploy"],
-    },
-    State {
-        name: "invalid-credentials",
-        shows: "Stalled=True, reason `CredentialsNotFound`, no deployment yet",
-        enabled: &["redeploy"],
-    },
-    State {
-        name: "cancel-requested",
-        shows: "`spec.cancel: true`, not observed yet, the build still running",
-        // Redeploy would be held off as well: resume first.
-        enabled: &["resume"],
-    },
-    State {
-        name: "cancelled",
-        shows: "Ready=True, reason `Cancelled` (`spec.cancel: true`)",
-        enabled: &["resume"],
-    },
-    State {
-        name: "held-off",
-        shows: "a new object created with `spec.cancel: true`: Ready=True, reason `Cancelled`, no deployment",
-        enabled: &["resume"],
-    },
-    State {
-        name: "deleting",
-        shows: "`metadata.deletionTimestamp` set, the operator cleaning up",
-        enabled: &[],
-    },
-];
 
 // ----- the objects -----
 
@@ -309,32 +232,6 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn script(name: &str) -> String {
-    read(&format!("examples/argocd/actions/{name}.lua"))
-}
-
-/// What discovery.lua says about one action.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Discovered {
-    disabled: bool,
-}
-
-/// The actions discovery.lua offers on `obj` (not disabled), in [`ACTIONS`] order; panics
-/// unless it lists exactly the three actions.
-fn offered(obj: &Value) -> Vec<&'static str> {
-    let discovered: BTreeMap<String, Discovered> =
-        common::argocd_lua::run("discovery.lua", &script("discovery"), obj);
-    let listed: Vec<&str> = discovered.keys().map(String::as_str).collect();
-    let mut all = ACTIONS;
-    all.sort();
-    assert_eq!(listed, all, "discovery.lua must list every action: {obj}");
-    ACTIONS
-        .into_iter()
-        .filter(|a| !discovered[*a].disabled)
-        .collect()
-}
-
 /// Runs action `name` on `obj` and returns the object it gives back to Argo CD.
 fn act(name: &str, obj: &Value) -> Value {
     common::argocd_lua::run(&format!("{name}.lua"), &script(name), obj)
@@ -359,36 +256,6 @@ fn discovery_offers_the_actions_that_make_sense_in_each_state_and_disables_the_o
             state.name
         );
     }
-}
-
-#[test]
-fn discovery_gives_the_same_answer_on_the_objects_gitops_health_captured_from_a_real_cluster() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gitops-health/captures");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        eprintln!(
-            "no captures in {} (cargo test --test gitops_health makes them): only the objects written here were checked",
-            dir.display()
-        );
-        return;
-    };
-    let mut checked = Vec::new();
-    for entry in entries {
-        let path = entry.unwrap().path();
-        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let Some(state) = STATES.iter().find(|s| s.name == stem) else {
-            continue;
-        };
-        let obj: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(
-            offered(&obj),
-            state.enabled,
-            "actions offered on the capture {}",
-            path.display()
-        );
-        checked.push(stem);
-    }
-    eprintln!("checked the captures {checked:?}");
 }
 
 #[test]

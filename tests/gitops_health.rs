@@ -289,6 +289,15 @@ fn judge_as(state_name: &str, capture: &str, obj: &Value) -> ArgoHealth {
     let expected = state(state_name);
     let path = work_dir().join("captures").join(format!("{capture}.json"));
     std::fs::write(&path, serde_json::to_string_pretty(obj).unwrap()).expect("write capture");
+    // The Argo CD actions offered on the real object are those the contract names.
+    if let Some(actions) = common::argocd_lua::action_state(capture) {
+        assert_eq!(
+            common::argocd_lua::offered(obj),
+            actions.enabled,
+            "Argo CD actions offered on the capture {}",
+            path.display()
+        );
+    }
     let argo = argocd_health(obj);
     assert_eq!(
         argo.status,

@@ -207,7 +207,7 @@ fn a_failed_build_is_explained_and_untracked_deployments_are_printed_as_adopting
     assert!(why.contains("DeploymentFailed"), "{why}");
     assert!(why.contains("End of the build log:"), "{why}");
     assert_eq!(
-        why.matches("failed; its build log").count(),
+        why.matches("; the end of its build log (").count(),
         2,
         "message once, event once: {why}"
     );

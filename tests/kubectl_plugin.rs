@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
@@ -21,6 +22,17 @@ struct Run {
 }
 
 impl Run {
+    fn of(command: &mut Command) -> Run {
+        let out = command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     #[track_caller]
     fn ok(self) -> String {
         assert_eq!(self.code, 0, "kubectl-gitdev failed: {self:?}");
@@ -36,20 +48,15 @@ impl Run {
 
 /// Runs `kubectl-gitdev ARGS` in the world's namespace with `kubeconfig`, against its simulator.
 fn plugin_as(w: &World, kubeconfig: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-gitdev"))
-        .env_remove("KUBECONFIG")
-        .env("GITDEV_API_URL", w.sim.api_url())
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["-n", &w.ns])
-        .args(args)
-        .output()
-        .expect("run kubectl-gitdev");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(
+        Command::new(env!("CARGO_BIN_EXE_kubectl-gitdev"))
+            .env_remove("KUBECONFIG")
+            .env("GITDEV_API_URL", w.sim.api_url())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["-n", &w.ns])
+            .args(args),
+    )
 }
 
 fn plugin(w: &World, args: &[&str]) -> Run {
@@ -200,7 +207,7 @@ fn a_failed_build_is_explained_and_untracked_deployments_are_printed_as_adopting
     assert!(why.contains("DeploymentFailed"), "{why}");
     assert!(why.contains("End of the build log:"), "{why}");
     assert_eq!(
-        why.matches("failed; fix the branch").count(),
+        why.matches("; the end of its build log (").count(),
         2,
         "message once, event once: {why}"
     );
@@ -307,4 +314,105 @@ fn a_missing_or_unreadable_token_secret_is_named_with_the_rule_and_its_own_exit_
         completion.contains("kubectl-gitdev"),
         "a bash completion script"
     );
+}
+
+/// Runs `kubectl_complete-gitdev WORDS` as kubectl does: the words after `kubectl gitdev`, the
+/// last one under completion, and the user's environment (here `KUBECONFIG`).
+fn completer(kubeconfig: &Path, words: &[&str]) -> Run {
+    Run::of(
+        Command::new(env!("CARGO_BIN_EXE_kubectl_complete-gitdev"))
+            .env("KUBECONFIG", kubeconfig)
+            .args(words),
+    )
+}
+
+/// The kubectl the harness uses (`$KUBECTL`, else `kubectl` on PATH).
+fn kubectl_program() -> OsString {
+    std::env::var_os("KUBECTL")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "kubectl".into())
+}
+
+/// The candidates of a completion (descriptions dropped), asserting it ends with `:4`.
+#[track_caller]
+fn candidates(run: Run) -> Vec<String> {
+    let text = run.ok();
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.pop(),
+        Some(":4"),
+        "the directive NoFileComp last: {text}"
+    );
+    lines
+        .iter()
+        .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The minor version of the kubectl the harness uses, if it says.
+fn kubectl_minor() -> Option<u32> {
+    let out = Command::new(kubectl_program())
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .ok()?;
+    let version: Value = serde_json::from_slice(&out.stdout).ok()?;
+    // "32", or "32+" on some distributions' builds.
+    let minor = version["clientVersion"]["minor"].as_str()?;
+    minor.trim_end_matches('+').parse().ok()
+}
+
+#[test]
+fn kubectl_completes_subcommands_and_the_names_of_the_objects_in_the_users_namespace() {
+    let w = World::new("plugin-complete", 0.2);
+    w.apply(&gitdeployment("web", "main", "")).expect_success();
+    // Its context's namespace is the world's, so names come from there with no -n typed; it
+    // may list gitdeployments there and nothing elsewhere.
+    let kubeconfig = kubeconfig_with_role(
+        w.cluster,
+        &w.ns,
+        "completer",
+        "- apiGroups: [git.dev]\n  resources: [gitdeployments]\n  verbs: [list]\n",
+    );
+
+    let names = candidates(completer(&kubeconfig, &["why", ""]));
+    assert_eq!(names, ["web"], "the object of the context's namespace");
+    let subcommands = candidates(completer(&kubeconfig, &[""]));
+    assert!(subcommands.contains(&"logs".to_string()), "{subcommands:?}");
+    // A typed -n wins over the context; the harness's kubeconfig names no namespace.
+    let typed = candidates(completer(
+        w.cluster.kubeconfig(),
+        &["-n", &w.ns, "logs", "w"],
+    ));
+    assert_eq!(typed, ["web"]);
+    // A namespace the user may not list: no names, and still a completion, not an error.
+    let denied = completer(&kubeconfig, &["-n", "kube-system", "cancel", ""]);
+    assert!(denied.stderr.contains("forbidden"), "{denied:?}");
+    assert!(candidates(denied).is_empty());
+
+    // Through kubectl itself, which finds the completer on PATH next to the plugin.
+    match kubectl_minor() {
+        Some(minor) if minor >= 26 => {}
+        minor => {
+            eprintln!(
+                "SKIPPED the case through kubectl: its client minor version is {minor:?}, and \
+                 kubectl completes plugin arguments only from 1.26"
+            );
+            return;
+        }
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_kubectl_complete-gitdev"))
+        .parent()
+        .expect("the binaries' directory");
+    let path = std::env::join_paths(std::iter::once(bin.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("a PATH");
+    // `__complete` must be kubectl's first argument: only then does it register plugins.
+    let via_kubectl = Run::of(
+        Command::new(kubectl_program())
+            .env("PATH", path)
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["__complete", "gitdev", "why", ""]),
+    );
+    assert_eq!(candidates(via_kubectl), ["web"]);
 }

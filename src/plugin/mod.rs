@@ -7,6 +7,7 @@
 //! `docs/kubectl-plugin.md`.
 
 mod adopt;
+pub mod complete;
 mod context;
 mod error;
 mod history;

@@ -41,6 +41,12 @@ pub fn kubeconfig_with_role(c: &Cluster, ns: &str, sa: &str, rules: &str) -> Pat
     );
     c.kubectl_with_stdin(["apply", "-f", "-"], &manifest)
         .expect_success();
+    kubeconfig_for(c, ns, sa)
+}
+
+/// A kubeconfig file that acts as the existing ServiceAccount `sa` of `ns`, with a token from
+/// the TokenRequest API and the harness cluster's server and CA.
+pub fn kubeconfig_for(c: &Cluster, ns: &str, sa: &str) -> PathBuf {
     let token = c
         .kubectl(["create", "token", sa, "-n", ns, "--duration=1h"])
         .expect_success();

@@ -1,7 +1,6 @@
 //! The real operator with nothing but the chart's RBAC: a token of the chart's ServiceAccount,
 //! the chart's environment, an object taken through its whole lifecycle.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,52 +15,6 @@ use crate::rbac::apply_identity;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The API server's URL and CA (base64) of the harness's kubeconfig, from
-/// `kubectl config view --raw --minify --flatten`.
-fn server_and_ca(c: &Cluster) -> (String, String) {
-    let out = c
-        .kubectl([
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            "json",
-        ])
-        .expect_success();
-    let config: Value = serde_json::from_str(&out).unwrap();
-    let cluster = &config["clusters"][0]["cluster"];
-    let server = cluster["server"].as_str().expect("server").to_string();
-    let ca = cluster["certificate-authority-data"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    (server, ca)
-}
-
-/// A kubeconfig that authenticates as the ServiceAccount, with a token from the TokenRequest API.
-fn service_account_kubeconfig(c: &Cluster, ns: &str, sa: &str) -> PathBuf {
-    let token = c
-        .kubectl(["create", "token", sa, "-n", ns, "--duration=1h"])
-        .expect_success();
-    let (server, ca) = server_and_ca(c);
-    let ca_line = if ca.is_empty() {
-        "    insecure-skip-tls-verify: true\n".to_string()
-    } else {
-        format!("    certificate-authority-data: {ca}\n")
-    };
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n{ca_line}users:\n- name: {sa}\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context:\n    cluster: c\n    user: {sa}\n    namespace: {ns}\ncurrent-context: sa\n",
-        token.trim()
-    );
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-kubeconfigs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{}.yaml", common::cluster::unique_name(sa)));
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
 /// Applies the chart's ServiceAccount and RBAC (of release `release`), then starts
 /// gitdev-operator exactly as the chart's Deployment configures it (its env), as that
 /// ServiceAccount, in pod `pod_name`. Only the metrics address is moved to a free loopback port.
@@ -73,8 +26,11 @@ fn start_operator_as_the_chart_does(
     pod_name: &str,
 ) -> Proc {
     apply_identity(c, r);
-    let kubeconfig =
-        service_account_kubeconfig(c, release_ns, &format!("{release}-gitdev-operator"));
+    let kubeconfig = common::service_account::kubeconfig_for(
+        c,
+        release_ns,
+        &format!("{release}-gitdev-operator"),
+    );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitdev-operator"));
     cmd.env_clear().env("KUBECONFIG", kubeconfig);
     for e in r.container()["env"].as_array().unwrap() {

@@ -139,6 +139,13 @@ impl State {
         (state, Trust::Hint)
     }
 
+    /// What the object's own `git.dev/state` says, signed or not (for tools that only list
+    /// the deployments an object names, such as `kubectl gitdev adopt --list`).
+    pub fn unverified(obj: &GitDeployment) -> Option<State> {
+        let annotation = obj.metadata.annotations.as_ref()?.get(ANNOTATION_STATE)?;
+        parse(annotation).map(|(state, _)| state)
+    }
+
     /// Whether the object carries this state already, signed under the current key (no write
     /// needed; a signature under an older key is renewed at the next write).
     pub fn is_recorded_on(&self, obj: &GitDeployment, keys: &impl Verify) -> bool {

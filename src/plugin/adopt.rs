@@ -13,7 +13,7 @@ use super::context::api_error;
 use super::output::{Output, OutputArgs};
 use super::{Context, Error};
 use crate::api::{DeploymentsApi, list_newest_back_to};
-use crate::controller::state::{ANNOTATION_STATE, State};
+use crate::controller::state::State;
 use crate::resource::{
     ANNOTATION_DEPLOYMENT_ID, DEFAULT_CREDENTIALS_KEY, GitDeployment, SecretKeyRef,
 };
@@ -47,14 +47,7 @@ pub fn tracked_ids(obj: &GitDeployment) -> BTreeSet<String> {
     }
     // The state's signature does not matter here: even an unsigned state names deployments
     // the operator would refuse to hand to a second object.
-    let state = annotations
-        .and_then(|a| a.get(ANNOTATION_STATE))
-        .and_then(|text| serde_json::from_str::<Value>(text).ok())
-        .and_then(|mut v| {
-            v.as_object_mut().map(|o| o.remove("sig"));
-            serde_json::from_value::<State>(v).ok()
-        });
-    if let Some(state) = state {
+    if let Some(state) = State::unverified(obj) {
         ids.extend(state.ids());
     }
     ids

@@ -8,6 +8,7 @@ use kube::{Api, Client, Config};
 use super::GlobalArgs;
 use super::error::{Access, Error};
 use crate::api::{ApiError, ApiToken, ClientConfig, HttpClient};
+use crate::controller::secrets::token_from;
 use crate::resource::{DEFAULT_CREDENTIALS_SECRET, GitDeployment, SecretKeyRef};
 
 pub struct Context {
@@ -91,27 +92,10 @@ impl Context {
             .get(&reference.name)
             .await
             .map_err(|e| access.error(e))?;
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&reference.key))
-            .ok_or_else(|| {
-                Error::State(format!(
-                    "Secret {:?} in namespace {:?} has no key {:?}",
-                    reference.name, self.namespace, reference.key
-                ))
-            })?;
-        let token = std::str::from_utf8(&value.0)
-            .map(str::trim)
-            .ok()
-            .filter(|t| !t.is_empty() && !t.contains(char::is_whitespace))
-            .ok_or_else(|| {
-                Error::State(format!(
-                    "key {:?} of Secret {:?} in namespace {:?} is not a token (empty, not UTF-8 or with spaces)",
-                    reference.key, reference.name, self.namespace
-                ))
-            })?;
-        Ok(ApiToken::new(token))
+        // The operator's own reading of a token Secret, so that the plugin accepts exactly
+        // the tokens the operator does and names the same fix.
+        token_from(Some(&secret), reference)
+            .map_err(|problem| Error::State(problem.health(&self.namespace).message().to_string()))
     }
 
     /// A client of the Deployments API at `--api-url`.

@@ -56,6 +56,13 @@ pub struct Metrics {
     budget_limit: Family<TokenLabels, Gauge<i64, AtomicI64>>,
     budget_burst: Family<TokenLabels, Gauge<i64, AtomicI64>>,
     kubernetes_writes: Family<WriteLabels, Counter>,
+    remote_transitions: Counter,
+    secret_reads: Family<SourceLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
 }
 
 impl Default for Metrics {
@@ -143,6 +150,18 @@ impl Metrics {
             "Writes the operator made to gitdeployments (status or state annotation)",
             kubernetes_writes.clone(),
         );
+        let remote_transitions = Counter::default();
+        registry.register(
+            "remote_status_transitions",
+            "Changes of a deployment's remote status (queued, building, ...) mirrored into an object's status",
+            remote_transitions.clone(),
+        );
+        let secret_reads = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "secret_reads",
+            "Secrets read by reconciliations, by source: cache (unchanged since last read, per the watch) or api (a GET)",
+            secret_reads.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             reconciliations,
@@ -157,6 +176,8 @@ impl Metrics {
             budget_limit,
             budget_burst,
             kubernetes_writes,
+            remote_transitions,
+            secret_reads,
         }
     }
 
@@ -183,6 +204,19 @@ impl Metrics {
     pub fn kubernetes_write(&self, kind: &str) {
         self.kubernetes_writes
             .get_or_create(&WriteLabels { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn remote_transition(&self) {
+        self.remote_transitions.inc();
+    }
+
+    /// A Secret read by a reconcile: `"cache"` or `"api"`.
+    pub fn secret_read(&self, source: &str) {
+        self.secret_reads
+            .get_or_create(&SourceLabels {
+                source: source.into(),
+            })
             .inc();
     }
 

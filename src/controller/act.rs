@@ -36,7 +36,7 @@ impl<A: DeploymentsApi> Round<'_, A> {
         let request = desired.request();
         let answer = {
             let coordination = &self.ctx.coordination;
-            let _one_at_a_time = coordination.create_gate(token, &request.branch).await;
+            let _in_flight = coordination.create_gate(token, &request.branch).await;
             let answer = self.ctx.api.create(token, &request).await;
             if let Ok(created) = &answer {
                 let uid = self.obj.metadata.uid.as_deref().unwrap_or_default();

@@ -7,12 +7,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::runtime::events::Recorder;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
+use super::events::Recorder;
 use super::keys::{Key, KeyRing};
 use super::observe::Observer;
+use super::secret_cache::SecretCache;
 use super::state::{State, Trust};
 use crate::api::{ApiToken, DeploymentsApi};
 use crate::metrics::Metrics;
@@ -73,6 +77,8 @@ pub struct Context<A: DeploymentsApi> {
     /// Every object, to know which remote deployments other objects already claim (`None`
     /// where no watch runs: the reconciler's unit tests).
     store: Option<Store<GitDeployment>>,
+    /// Secret values read before, valid while the Secret watch shows their version.
+    pub(super) secrets: SecretCache,
     pub(super) coordination: Coordination,
 }
 
@@ -92,8 +98,15 @@ impl<A: DeploymentsApi> Context<A> {
             metrics,
             config,
             store,
+            secrets: SecretCache::default(),
             coordination: Coordination::default(),
         }
+    }
+
+    /// Reads Secrets through a cache over the watch of their metadata (see `secret_cache`).
+    pub fn watching_secrets(mut self, versions: Store<PartialObjectMeta<Secret>>) -> Self {
+        self.secrets = SecretCache::watching(versions);
+        self
     }
 
     /// Remote ids that objects other than `me` name (current or history, trusted or not),
@@ -174,7 +187,7 @@ impl<A: DeploymentsApi> Context<A> {
 pub type ObjectKey = (String, String);
 
 /// One gate per token and branch: see `Coordination::create_gate`.
-type Gates = Mutex<HashMap<(ApiToken, String), Arc<tokio::sync::Mutex<()>>>>;
+type Gates = Mutex<HashMap<(ApiToken, String), Arc<RwLock<()>>>>;
 
 /// How long a deployment created here stays claimed in memory: by then the store has long
 /// shown every object's own record of its deployments.
@@ -199,7 +212,7 @@ pub struct Coordination {
 
 /// A poisoned lock only means another reconcile panicked while holding it; the maps it guards
 /// stay consistent (every update is a single insert or remove), so carry on.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -241,24 +254,45 @@ impl Coordination {
         self.observer.forget(ids);
     }
 
-    /// Held around each create request of one token and branch (and its in-process claim),
-    /// and around looking for a lost create: creates of one token and branch never run
-    /// concurrently, and a search never runs while another object's fresh deployment exists
-    /// remotely unclaimed. The Kubernetes writes around a create stay outside, so creates of
-    /// many objects still overlap in everything but the request itself.
+    /// Shared by the create requests of one token and branch while each is in flight (and
+    /// until its answer is claimed in-process); see [`Coordination::search_gate`]. Creates
+    /// of many objects overlap: the API's budget, not this gate, sets their pace.
     pub async fn create_gate(&self, token: &ApiToken, branch: &str) -> CreateGate<'_> {
-        let key = (token.clone(), branch.to_string());
-        let gate = lock(&self.create_gates)
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let held = gate.clone().lock_owned().await;
+        let (key, gate) = self.gate(token, branch);
+        let held = Held::Shared {
+            _guard: gate.clone().read_owned().await,
+        };
         CreateGate {
             gates: &self.create_gates,
             key,
             gate,
             _held: held,
         }
+    }
+
+    /// Held alone around a search for a lost create of one token and branch: no create of
+    /// it is in flight meanwhile, so every deployment another create of this process made is
+    /// claimed by then, and a fresh one is never taken for the lost one.
+    pub async fn search_gate(&self, token: &ApiToken, branch: &str) -> CreateGate<'_> {
+        let (key, gate) = self.gate(token, branch);
+        let held = Held::Alone {
+            _guard: gate.clone().write_owned().await,
+        };
+        CreateGate {
+            gates: &self.create_gates,
+            key,
+            gate,
+            _held: held,
+        }
+    }
+
+    fn gate(&self, token: &ApiToken, branch: &str) -> ((ApiToken, String), Arc<RwLock<()>>) {
+        let key = (token.clone(), branch.to_string());
+        let gate = lock(&self.create_gates)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        (key, gate)
     }
 
     /// Claims `id` for the object `uid` the moment its create was answered.
@@ -308,8 +342,14 @@ impl Coordination {
 pub struct CreateGate<'a> {
     gates: &'a Gates,
     key: (ApiToken, String),
-    gate: Arc<tokio::sync::Mutex<()>>,
-    _held: tokio::sync::OwnedMutexGuard<()>,
+    gate: Arc<RwLock<()>>,
+    _held: Held,
+}
+
+/// How a gate is held: by one of the creates in flight, or by a search alone.
+enum Held {
+    Shared { _guard: OwnedRwLockReadGuard<()> },
+    Alone { _guard: OwnedRwLockWriteGuard<()> },
 }
 
 impl Drop for CreateGate<'_> {
@@ -363,7 +403,7 @@ mod tests {
         let waiter = {
             let (c, token) = (c.clone(), token.clone());
             tokio::spawn(async move {
-                let _held = c.create_gate(&token, "main").await;
+                let _held = c.search_gate(&token, "main").await;
                 lock(&c.create_gates).len()
             })
         };
@@ -373,6 +413,28 @@ mod tests {
         }
         drop(first);
         assert_eq!(waiter.await.unwrap(), 1, "the waiter still finds its gate");
+        assert!(lock(&c.create_gates).is_empty());
+    }
+
+    #[tokio::test]
+    async fn creates_of_one_branch_overlap_and_a_search_waits_until_none_is_in_flight() {
+        let c = Arc::new(Coordination::default());
+        let token = ApiToken::new("sk_test_write");
+        let one = c.create_gate(&token, "main").await;
+        let two = c.create_gate(&token, "main").await;
+        let search = {
+            let (c, token) = (c.clone(), token.clone());
+            tokio::spawn(async move {
+                let _alone = c.search_gate(&token, "main").await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!search.is_finished(), "a search never overlaps a create");
+        drop(one);
+        tokio::task::yield_now().await;
+        assert!(!search.is_finished());
+        drop(two);
+        search.await.unwrap();
         assert!(lock(&c.create_gates).is_empty());
     }
 

@@ -23,6 +23,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("adding the cleanup finalizer to {namespace}/{name}: {source}")]
+    AddFinalizer {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("writing status of {namespace}/{name}: {source}")]
     WriteStatus {
         namespace: String,
@@ -63,7 +70,9 @@ impl Error {
         match self {
             Error::MissingNamespace => "invalid_object",
             Error::ReadSecrets { .. } => "kubernetes_read",
-            Error::WriteState { .. } | Error::WriteStatus { .. } => "kubernetes_write",
+            Error::WriteState { .. } | Error::WriteStatus { .. } | Error::AddFinalizer { .. } => {
+                "kubernetes_write"
+            }
             Error::Api { source, .. } => source.category(),
             Error::CleanupPending { .. } => "cleanup_pending",
             Error::Panicked { .. } => "panic",

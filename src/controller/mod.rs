@@ -4,6 +4,7 @@
 //! - `reconcile`: the driver, a table of contents of the steps below.
 //! - `round`: one reconcile of one object; every Kubernetes write (state, status, events).
 //! - `secrets`, `desired`: the token, and the one `DesiredDeployment` the spec asks for.
+//! - `secret_cache`: Secret values kept between reconciles while the watch shows them unchanged.
 //! - `verify`: a state the operator did not sign names no deployment another object holds.
 //! - `recover`: a create whose answer was lost is found, never made twice.
 //! - `observe`: the tracked deployment as it is now, through shared listings.
@@ -12,6 +13,7 @@
 //! - `failure`: why a failed deployment failed, from its build log, read once; secrets masked.
 //! - `status`: pure; the status to mirror.
 //! - `state`: what the operator remembers on the object (`git.dev/state`).
+//! - `events`: Kubernetes events about objects, repeated ones as series.
 //! - `context`: configuration fixed at start, and the coordination between reconciles.
 //! - `fence`: API writes only while this replica holds the leader Lease.
 //! - `keys`: the operator's own key (a Secret it reads or creates), for signatures and fingerprints.
@@ -24,6 +26,7 @@ pub mod context;
 pub mod decision;
 pub mod desired;
 mod error;
+pub mod events;
 pub mod failure;
 pub mod fence;
 pub mod keys;
@@ -32,6 +35,7 @@ pub mod reconcile;
 pub mod recover;
 mod round;
 mod run;
+pub mod secret_cache;
 pub mod secrets;
 pub mod state;
 pub mod status;

@@ -95,37 +95,27 @@ async fn reconcile_object<A: DeploymentsApi>(
     let namespace = obj.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<GitDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = (namespace.clone(), obj.name_any());
-    // The very first reconcile of a new object (the one that adds the finalizer) already gives
-    // it conditions, so that no GitOps tool takes a status-less object for a finished one
-    // (kstatus calls that Current), even while it waits for a worker or for rate budget.
-    let obj = if is_new(&obj) {
-        let mut round = Round::new(&obj, &ctx)?;
-        let health = decision::health(&goal(&obj, String::new()), &round.state, &Observed::Unread);
-        round
-            .finish(&Observed::Unread, health, Requeue::await_change())
-            .await?;
-        Arc::new(round.obj)
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+    let result = if obj.metadata.deletion_timestamp.is_none() && !has_finalizer {
+        // A new object goes straight to work: its finalizer rides on its first state write
+        // (the intent recorded before the first create), so that the create is not held back
+        // by a write and a watch round trip of its own. Until its first status, the schema's
+        // default `observedGeneration: 0` keeps kstatus from calling it Current.
+        apply(&obj, &ctx).await
     } else {
-        obj
+        finalizer(&api, FINALIZER, obj, |event| async {
+            match event {
+                Finalizer::Apply(obj) => apply(&obj, &ctx).await,
+                Finalizer::Cleanup(obj) => cleanup(&obj, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
     };
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            Finalizer::Apply(obj) => apply(&obj, &ctx).await,
-            Finalizer::Cleanup(obj) => cleanup(&obj, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_ok() {
         ctx.coordination.forget_failures(&key);
     }
     result
-}
-
-fn is_new(obj: &GitDeployment) -> bool {
-    obj.metadata.deletion_timestamp.is_none()
-        && !obj.finalizers().iter().any(|f| f == FINALIZER)
-        && obj.status.as_ref().is_none_or(|s| s.conditions.is_empty())
 }
 
 /// What the decisions need of the object.
@@ -148,10 +138,11 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
         Ok(token) => token,
         Err(problem) => return round.blocked(problem).await,
     };
-    let desired = match DesiredDeployment::resolve(&obj.spec, |name| secrets.get(name)) {
-        Ok(desired) => desired,
-        Err(problem) => return round.blocked(problem).await,
-    };
+    let desired =
+        match DesiredDeployment::resolve(&obj.spec, |name| secrets.get(name).map(Arc::as_ref)) {
+            Ok(desired) => desired,
+            Err(problem) => return round.blocked(problem).await,
+        };
     let goal = goal(obj, desired.fingerprint(&ctx.config.key));
 
     let taken = round.taken();

@@ -84,7 +84,7 @@ impl<A: DeploymentsApi> Round<'_, A> {
             let _alone = self
                 .ctx
                 .coordination
-                .create_gate(token, &target.branch)
+                .search_gate(token, &target.branch)
                 .await;
             self.find_created(token, &target, &intent).await
         };

@@ -3,25 +3,26 @@
 //! it, so that each write carries the resourceVersion of the one before.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::decision::{self, Health, Observed, Recovery};
 use super::desired::{DesiredDeployment, Stamp};
+use super::events::{Event, EventType};
 use super::failure::fit_note;
 use super::secrets::{self, SecretProblem};
 use super::state::{self, State, Trust};
 use super::status::{build_status, ready_reason};
 use super::{Context, Error};
 use crate::api::{ApiError, ApiToken, DeploymentsApi};
-use crate::resource::{DeploymentFailure, GitDeployment};
+use crate::resource::{DeploymentFailure, FINALIZER, GitDeployment};
 
 /// Field manager of every write the operator makes.
 pub const MANAGER: &str = "gitdev-operator";
@@ -38,6 +39,10 @@ pub(super) struct Round<'a, A: DeploymentsApi> {
     /// The build log of a failed deployment, read in this round (`failure.rs`): news for the
     /// status and for an event.
     pub failure: Option<DeploymentFailure>,
+    /// A live object without the cleanup finalizer yet: it goes in with the first write of
+    /// `git.dev/state` (the intent of the first create, an adoption), so that it is in place
+    /// before anything exists remotely, at no cost of its own; or at the end of the round.
+    finalizer_due: bool,
 }
 
 impl<'a, A: DeploymentsApi> Round<'a, A> {
@@ -50,6 +55,8 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             namespace,
             state,
             trust,
+            finalizer_due: obj.metadata.deletion_timestamp.is_none()
+                && !obj.finalizers().iter().any(|f| f == FINALIZER),
             obj: obj.clone(),
             failure: None,
         })
@@ -60,23 +67,36 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
     }
 
     /// Every Secret the object refers to, by name.
-    pub async fn read_secrets(&self) -> Result<BTreeMap<String, Secret>, Error> {
+    pub async fn read_secrets(&self) -> Result<BTreeMap<String, Arc<Secret>>, Error> {
         let api = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        secrets::read_all(&api, &self.obj.spec, &self.ctx.config.default_credentials)
-            .await
-            .map_err(|source| Error::ReadSecrets {
-                namespace: self.namespace.clone(),
-                source,
-            })
+        let cache = &self.ctx.secrets;
+        let metrics = &self.ctx.metrics;
+        let default = &self.ctx.config.default_credentials;
+        secrets::read_all(
+            &api,
+            cache,
+            metrics,
+            &self.namespace,
+            &self.obj.spec,
+            default,
+        )
+        .await
+        .map_err(|source| Error::ReadSecrets {
+            namespace: self.namespace.clone(),
+            source,
+        })
     }
 
     /// The API token, or the Secret problem that keeps the object from having one.
-    pub fn token(&self, secrets: &BTreeMap<String, Secret>) -> Result<ApiToken, SecretProblem> {
+    pub fn token(
+        &self,
+        secrets: &BTreeMap<String, Arc<Secret>>,
+    ) -> Result<ApiToken, SecretProblem> {
         let creds = self
             .obj
             .spec
             .credentials_or(&self.ctx.config.default_credentials);
-        secrets::token_from(secrets.get(&creds.name), &creds)
+        secrets::token_from(secrets.get(&creds.name).map(Arc::as_ref), &creds)
     }
 
     /// A fingerprint stamped under another key or an older format, for the spec as it still
@@ -125,12 +145,19 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         if self.state.is_recorded_on(&self.obj, key) {
             return Ok(());
         }
-        let patch = json!({
+        let mut patch = json!({
             "metadata": {
                 "resourceVersion": self.obj.resource_version(),
                 "annotations": { state::ANNOTATION_STATE: self.state.to_annotation(&self.obj, key) }
             }
         });
+        if self.finalizer_due {
+            // A merge patch replaces the whole list: the resourceVersion precondition keeps
+            // it from dropping a finalizer someone else added meanwhile.
+            let mut finalizers = self.obj.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_string());
+            patch["metadata"]["finalizers"] = json!(finalizers);
+        }
         let updated = self
             .api
             .patch(&self.name(), &PatchParams::default(), &Patch::Merge(&patch))
@@ -143,6 +170,48 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         self.ctx.metrics.kubernetes_write("state");
         self.obj = updated;
         self.trust = Trust::Signed;
+        self.finalizer_due = false;
+        Ok(())
+    }
+
+    /// Adds the cleanup finalizer, if no state write of this round carried it (a JSON patch
+    /// guarded by a test of the list as read, as kube-runtime's finalizer helper makes it).
+    async fn ensure_finalizer(&mut self) -> Result<(), Error> {
+        if !self.finalizer_due {
+            return Ok(());
+        }
+        let ops = match self.obj.metadata.finalizers.as_deref() {
+            None | Some([]) => json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            ]),
+            Some(current) => json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": current},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+            ]),
+        };
+        let ops: json_patch::Patch =
+            serde_json::from_value(ops).map_err(|e| Error::AddFinalizer {
+                namespace: self.namespace.clone(),
+                name: self.name(),
+                source: kube::Error::SerdeError(e),
+            })?;
+        let updated = self
+            .api
+            .patch(
+                &self.name(),
+                &PatchParams::default(),
+                &Patch::<()>::Json(ops),
+            )
+            .await
+            .map_err(|source| Error::AddFinalizer {
+                namespace: self.namespace.clone(),
+                name: self.name(),
+                source,
+            })?;
+        self.ctx.metrics.kubernetes_write("finalizer");
+        self.obj = updated;
+        self.finalizer_due = false;
         Ok(())
     }
 
@@ -253,6 +322,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         health: Health,
         requeue: Requeue,
     ) -> Result<Requeue, Error> {
+        self.ensure_finalizer().await?;
         let previous = self.obj.status.clone().unwrap_or_default();
         let read = self.failure.take();
         let status = build_status(
@@ -301,6 +371,9 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                     source,
                 })?;
             self.ctx.metrics.kubernetes_write("status");
+            if status.status.is_some() && status.status != previous.status {
+                self.ctx.metrics.remote_transition();
+            }
         }
         Ok(requeue)
     }
@@ -331,14 +404,14 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
     /// type, reason and action on an object into one series that keeps the first note, so
     /// an event that says something new needs an action of its own.
     pub async fn event_of(&self, type_: EventType, reason: &str, action: &str, note: &str) {
+        // The API server refuses a note over 1 kB (bytes): the first line and the last ones
+        // are kept (a build log excerpt ends with its cause).
+        let note = fit_note(note, 1000);
         let event = Event {
             type_,
-            reason: reason.to_string(),
-            // The API server refuses a note over 1 kB (bytes): the first line and the last
-            // ones are kept (a build log excerpt ends with its cause).
-            note: Some(fit_note(note, 1000)),
-            action: action.to_string(),
-            secondary: None,
+            reason,
+            action,
+            note: &note,
         };
         if let Err(e) = self
             .ctx

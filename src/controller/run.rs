@@ -8,18 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
-use kube::core::PartialObjectMeta;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::context::{Config, Context};
+use super::events::Recorder;
 use super::state::ANNOTATION_STATE;
-use super::{Error, reconcile, secrets};
+use super::{Error, reconcile, secret_cache, secrets};
 use crate::api::DeploymentsApi;
 use crate::metrics::Metrics;
 use crate::resource::GitDeployment;
@@ -67,6 +65,18 @@ fn wake_hash(obj: &GitDeployment) -> Option<u64> {
     Some(h.finish())
 }
 
+/// What the object cache keeps of an object: not its managed fields, nor `kubectl apply`'s
+/// copy of the last applied manifest. They are most of an object's size, nothing here reads
+/// them, and at ten thousand objects they would be most of the operator's memory.
+fn slim(obj: &mut GitDeployment) {
+    obj.metadata.managed_fields = None;
+    if let Some(annotations) = &mut obj.metadata.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Options of the controller loop.
 pub struct RunOptions {
     /// Watch these namespaces only (`--namespaces`); every namespace when empty.
@@ -110,30 +120,6 @@ where
                 .boxed()
         }
     }
-}
-
-/// The Secrets of the watched namespaces that change, metadata only (`PartialObjectMeta`
-/// requests): a change of data changes resourceVersion, and no Secret's data needs to reach
-/// the operator for that.
-fn secret_changes(
-    client: &Client,
-    namespaces: &[String],
-) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
-    let apis: Vec<Api<PartialObjectMeta<Secret>>> = if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
-    };
-    // Touched Secrets need no store: each namespace's stream stands on its own.
-    futures::stream::select_all(apis.into_iter().map(|api| {
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .touched_objects()
-            .boxed()
-    }))
 }
 
 /// Several namespaces' watchers feeding one reflector store. A watcher's `Init` … `InitDone`
@@ -239,8 +225,15 @@ pub async fn run<A: DeploymentsApi>(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (reader, writer) = reflector::store();
-    let secret_changes = secret_changes(&client, &options.namespaces);
+    // Secrets: metadata only (`PartialObjectMeta` requests carry no values), kept in a store
+    // so that the values a reconcile reads can be reused while their version stands.
+    let (secret_versions, secret_writer) = reflector::store();
+    let secret_changes = watch_events(&client, &options.namespaces, &secret_versions)
+        .modify(secret_cache::strip)
+        .reflect(secret_writer)
+        .touched_objects();
     let trigger = watch_events(&client, &options.namespaces, &reader)
+        .modify(slim)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(wake_hash, Default::default());
@@ -252,7 +245,10 @@ pub async fn run<A: DeploymentsApi>(
         metrics,
         config,
         Some(reader.clone()),
-    );
+    )
+    .watching_secrets(secret_versions);
+    let ctx = Arc::new(ctx);
+    let mapper_ctx = ctx.clone();
     let ready_reader = reader.clone();
     // Store readiness sits behind a oneshot receiver that wakes only its latest poller, and
     // the controller itself waits on it too: check it on a short timer instead of awaiting it.
@@ -272,6 +268,9 @@ pub async fn run<A: DeploymentsApi>(
         .watches_stream(secret_changes, move |secret| {
             let ns = secret.namespace();
             let name = secret.name_any();
+            mapper_ctx
+                .secrets
+                .forget_if_gone(ns.as_deref().unwrap_or_default(), &name);
             index
                 .state()
                 .into_iter()
@@ -283,7 +282,7 @@ pub async fn run<A: DeploymentsApi>(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, error_policy, Arc::new(ctx))
+        .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
@@ -294,11 +293,7 @@ pub async fn run<A: DeploymentsApi>(
 
 /// The recorder every event goes through.
 pub fn recorder(client: Client) -> Recorder {
-    let reporter = Reporter {
-        controller: "gitdev-operator".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    Recorder::new(client, reporter)
+    Recorder::new(client, "gitdev-operator", std::env::var("POD_NAME").ok())
 }
 
 #[cfg(test)]
@@ -431,6 +426,29 @@ mod tests {
         m.list(0, &[("new", "2")]);
         m.list(1, &[]);
         assert_eq!(m.objects(), ["a/new@2"]);
+    }
+
+    #[test]
+    fn the_object_cache_keeps_every_annotation_but_kubectls_copy_and_no_managed_fields() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let spec = serde_json::from_value(serde_json::json!({"projectId": "p", "branch": "main"}))
+            .unwrap();
+        let mut o = GitDeployment::new("web", spec);
+        o.metadata.annotations = Some(
+            [
+                (LAST_APPLIED, "{...}"),
+                (ANNOTATION_STATE, "{}"),
+                ("team", "a"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        o.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        slim(&mut o);
+        assert_eq!(o.metadata.managed_fields, None);
+        let kept: Vec<&String> = o.annotations().keys().collect();
+        assert_eq!(kept, [ANNOTATION_STATE, "team"]);
     }
 
     #[test]

@@ -4,12 +4,15 @@
 //! problem is pure and tested here.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use super::decision::Health;
+use super::secret_cache::{Cached, SecretCache};
 use crate::api::ApiToken;
+use crate::metrics::Metrics;
 use crate::resource::{GitDeploymentSpec, SecretKeyRef};
 
 /// Something only a human can fix about the Secrets an object refers to.
@@ -182,18 +185,34 @@ pub fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
-/// Reads every Secret the object refers to (once each).
+/// Every Secret the object refers to (each once), from `cache` where it holds the version
+/// the watch shows, else read from the API server and kept.
 pub async fn read_all(
     api: &Api<Secret>,
+    cache: &SecretCache,
+    metrics: &Metrics,
+    namespace: &str,
     spec: &GitDeploymentSpec,
     default_credentials: &str,
-) -> Result<BTreeMap<String, Secret>, kube::Error> {
+) -> Result<BTreeMap<String, Arc<Secret>>, kube::Error> {
     let mut found = BTreeMap::new();
     for name in referenced(spec, default_credentials) {
         if found.contains_key(&name) {
             continue;
         }
-        if let Some(secret) = api.get_opt(&name).await? {
+        let secret = match cache.get(namespace, &name) {
+            Cached::Fresh(secret) => {
+                metrics.secret_read("cache");
+                Some(secret)
+            }
+            Cached::Read => {
+                let read = api.get_opt(&name).await?;
+                metrics.secret_read("api");
+                cache.keep(namespace, &name, read.as_ref());
+                read.map(Arc::new)
+            }
+        };
+        if let Some(secret) = secret {
             found.insert(name, secret);
         }
     }

@@ -2,32 +2,72 @@
 
 use super::support::*;
 
+/// What a first create does, in order: the intent is durable before the create is sent, and
+/// the id right after.
+const FIRST_CREATE: [&str; 6] = [
+    "k8s get secret gitdev-credentials",
+    "k8s write state",
+    "api create",
+    "k8s write state",
+    "k8s event Normal Created",
+    "k8s write status",
+];
+
 #[tokio::test]
-async fn a_new_object_gets_conditions_and_the_cleanup_finalizer_and_nothing_else() {
+async fn a_new_object_gets_its_finalizer_with_the_intent_of_its_first_create_before_anything_is_sent()
+ {
     let mut o = object(spec(json!({})));
     o.metadata.finalizers = None;
     let mut h = Harness::new(o);
 
-    // Conditions first: kstatus must never see a new object without them (it would say Current).
-    let action = h
-        .reconcile(vec![
-            Expect::status(|s| {
-                assert_health(s, "Reconciling", "Pending");
-                assert_eq!(s.observed_generation, Some(1));
-            }),
-            Expect::add_finalizer(),
-        ])
-        .await
-        .unwrap();
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::state(|s| assert!(s.intent.is_some(), "the intent of the first create"))
+            .with_finalizers(&[FINALIZER]),
+        Expect::state(|s| assert_eq!(s.id.as_deref(), Some("dep_1"))),
+        Expect::event("Normal", "Created"),
+        Expect::status(|s| assert_health(s, "Reconciling", "Queued")),
+    ])
+    .await
+    .unwrap();
 
-    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        h.take_timeline(),
+        FIRST_CREATE,
+        "no write and no watch round trip of its own for the finalizer"
+    );
     assert_eq!(
         h.object().metadata.finalizers,
         Some(vec![FINALIZER.to_string()])
     );
-    assert!(
-        h.api().take_calls().is_empty(),
-        "no Deployments API call before the finalizer is in place"
+}
+
+#[tokio::test]
+async fn a_new_object_that_creates_nothing_still_gets_its_finalizer_before_its_status() {
+    let mut o = object(spec(json!({})));
+    o.metadata.finalizers = Some(vec!["example.com/other".into()]);
+    let mut h = Harness::without_secrets(o);
+
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::new("k8s add finalizer").with(|req, _| {
+            assert_eq!(
+                req.body,
+                json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": ["example.com/other"]},
+                    {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+                ]),
+                "appended, guarded by a test of the list as read"
+            );
+        }),
+        Expect::event("Warning", "CredentialsNotFound"),
+        Expect::status(|s| assert_health(s, "Stalled", "CredentialsNotFound")),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        h.object().metadata.finalizers,
+        Some(vec!["example.com/other".to_string(), FINALIZER.to_string()])
     );
 }
 
@@ -69,14 +109,7 @@ async fn a_first_reconcile_records_the_intent_then_creates_then_records_the_id_a
 
     assert_eq!(
         h.take_timeline(),
-        [
-            "k8s get secret gitdev-credentials",
-            "k8s write state",
-            "api create",
-            "k8s write state",
-            "k8s event Normal Created",
-            "k8s write status",
-        ],
+        FIRST_CREATE,
         "the intent is durable before the create is sent, and the id right after"
     );
     assert_requeue_between(&action, secs(2.0), secs(2.2));

@@ -320,19 +320,6 @@ impl Expect {
         Expect::new(format!("k8s get secret {name}"))
     }
 
-    pub fn add_finalizer() -> Self {
-        Expect::new("k8s add finalizer").with(|req, _| {
-            assert_eq!(
-                req.body,
-                json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": null},
-                    {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-                ]),
-                "the finalizer is added with a JSON patch guarded by a test"
-            );
-        })
-    }
-
     pub fn remove_finalizer() -> Self {
         Expect::new("k8s remove finalizer").with(|req, cluster| {
             let i = cluster.object["metadata"]["finalizers"]
@@ -369,6 +356,21 @@ impl Expect {
                 .unwrap_or_else(|e| panic!("{ANNOTATION_STATE} {annotation} does not parse: {e}"));
             check(&state);
         })
+    }
+
+    /// The same write also sets the object's finalizers to exactly `finalizers`.
+    pub fn with_finalizers(self, finalizers: &[&str]) -> Self {
+        let want = json!(finalizers);
+        let base = self.check;
+        Expect {
+            check: Some(Box::new(move |req: &Received, cluster: &Cluster| {
+                if let Some(base) = base {
+                    base(req, cluster);
+                }
+                assert_eq!(req.body["metadata"]["finalizers"], want, "{}", req.body);
+            })),
+            ..self
+        }
     }
 
     /// A server-side apply of the status subresource.

@@ -26,13 +26,7 @@ impl Harness {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, NS);
         let timeline = Timeline::default();
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "gitdev-operator".into(),
-                instance: None,
-            },
-        );
+        let recorder = Recorder::new(client.clone(), "gitdev-operator", None);
         let config = Config {
             // Tests change remote state between reconciles at once; every reconcile lists afresh.
             observe_max_age: Duration::ZERO,

@@ -17,6 +17,7 @@ pub use std::future::Future;
 pub use std::sync::{Arc, Mutex};
 pub use std::time::Duration;
 
+pub use crate::controller::events::Recorder;
 pub use http::{Method, Request, Response};
 pub use jiff::Timestamp;
 pub use k8s_openapi::ByteString;
@@ -25,7 +26,6 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 pub use kube::Client;
 pub use kube::client::Body;
 pub use kube::runtime::controller::Action;
-pub use kube::runtime::events::{Recorder, Reporter};
 pub use serde_json::{Value, json};
 pub use tower_test::mock::Handle;
 

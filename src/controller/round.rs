@@ -21,7 +21,7 @@ use super::state::{self, State, Trust};
 use super::status::{build_status, ready_reason};
 use super::{Context, Error};
 use crate::api::{ApiError, ApiToken, DeploymentsApi};
-use crate::resource::{DeploymentFailure, GitDeployment};
+use crate::resource::{DeploymentFailure, Exported, GitDeployment};
 
 /// Field manager of every write the operator makes.
 pub const MANAGER: &str = "gitdev-operator";
@@ -38,6 +38,9 @@ pub(super) struct Round<'a, A: DeploymentsApi> {
     /// The build log of a failed deployment, read in this round (`failure.rs`): news for the
     /// status and for an event.
     pub failure: Option<DeploymentFailure>,
+    /// What `export.rs` exported in this round (`Some(None)`: no longer exports), for the
+    /// status written at the end.
+    pub exported: Option<Option<Exported>>,
 }
 
 impl<'a, A: DeploymentsApi> Round<'a, A> {
@@ -52,6 +55,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             trust,
             obj: obj.clone(),
             failure: None,
+            exported: None,
         })
     }
 
@@ -255,7 +259,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
     ) -> Result<Requeue, Error> {
         let previous = self.obj.status.clone().unwrap_or_default();
         let read = self.failure.take();
-        let status = build_status(
+        let mut status = build_status(
             &self.obj,
             &self.state,
             observed,
@@ -263,6 +267,9 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             read.as_ref(),
             Timestamp::now(),
         );
+        if let Some(exported) = self.exported.take() {
+            status.exported = exported;
+        }
         match &read {
             // A build log read now is news even when the object was already DeploymentFailed
             // (an earlier read failed). Its own action per deployment: the recorder would fold

@@ -64,7 +64,19 @@ fn the_config_map_appears_on_success_holds_still_while_a_new_deployment_builds_a
     assert_eq!(owner["apiVersion"], "git.dev/v1alpha1");
     assert_eq!(owner["uid"], obj["metadata"]["uid"]);
     assert_eq!(owner["controller"], true);
-    let managers: Vec<(&str, &str)> = cm["metadata"]["managedFields"]
+    let with_managers: Value = serde_json::from_str(
+        &w.kubectl(&[
+            "get",
+            "configmap",
+            "web-live",
+            "--show-managed-fields",
+            "-o",
+            "json",
+        ])
+        .expect_success(),
+    )
+    .unwrap();
+    let managers: Vec<(&str, &str)> = with_managers["metadata"]["managedFields"]
         .as_array()
         .unwrap()
         .iter()

@@ -230,3 +230,38 @@ fn a_malformed_export_to_is_rejected_by_the_api_server() {
     w.apply(&gitdeployment("x", "main", "  exportTo: x.preview-1\n"))
         .expect_success();
 }
+
+#[test]
+fn a_config_map_deleted_or_edited_behind_the_operators_back_is_put_back_on_the_next_check() {
+    let w = World::new("export-drift", PHASE_SECONDS);
+    w.token_secret("sk_test_write");
+    // Settled objects are looked at every 2 s instead of every 10 minutes.
+    let op = w.spawn_operator(&["--recheck-finished-seconds", "2"]);
+    w.apply(&gitdeployment("web", "main", "  exportTo: web-live\n"))
+        .expect_success();
+    let id = w.wait_succeeded("web", None);
+    let original = wait_exported(&w, "web-live", &id)["data"].clone();
+
+    w.kubectl(&["delete", "configmap", "web-live"])
+        .expect_success();
+    let back = wait_exported(&w, "web-live", &id);
+    assert_eq!(back["data"], original);
+
+    w.kubectl(&[
+        "patch",
+        "configmap",
+        "web-live",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"url":"https://not-live.example"}}"#,
+    ])
+    .expect_success();
+    eventually(WAIT, "the edited URL put back", || {
+        config_map(&w, "web-live").filter(|cm| cm["data"] == original)
+    });
+    // Nothing changes while nothing changed: no write on the checks in between.
+    let writes = || op.metric("gitdev_kubernetes_writes_total{kind=\"export\"}");
+    let before = writes();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(writes(), before);
+}

@@ -147,7 +147,7 @@ impl Metrics {
         let kubernetes_writes = Family::<WriteLabels, Counter>::default();
         registry.register(
             "kubernetes_writes",
-            "Writes the operator made to gitdeployments (status or state annotation)",
+            "Writes the operator made to Kubernetes objects, by kind: status, state annotation or finalizer of a gitdeployment, or its exported ConfigMap",
             kubernetes_writes.clone(),
         );
         let remote_transitions = Counter::default();

@@ -163,6 +163,19 @@ pub struct GitDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub history_limit: Option<i32>,
+
+    /// Name of a ConfigMap in the object's namespace that the operator keeps with the URL,
+    /// deployment id, commit and completion time of the last successful deployment (keys `url`,
+    /// `deploymentId`, `commitSha`, `completedAt`), for workloads and tools that read a
+    /// ConfigMap rather than `.status`. Written only once a deployment succeeds, so it never
+    /// holds a URL that is not live; owned by this object and deleted with it. Changing it
+    /// moves the output; an existing ConfigMap that this object does not own is never touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub export_to: Option<String>,
 }
 
 /// All keys of one Secret as environment variables.
@@ -305,6 +318,21 @@ pub struct GitDeploymentStatus {
     /// fail, are cancelled or superseded, and when `historyLimit` prunes it from `history`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful: Option<LastSuccessful>,
+
+    /// The ConfigMap of `spec.exportTo` as the operator last wrote or checked it: which one,
+    /// and which successful deployment it describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported: Option<Exported>,
+}
+
+/// Where the last successful deployment was exported to (`spec.exportTo`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Exported {
+    /// Name of the ConfigMap, in the object's namespace.
+    pub config_map: String,
+    /// The deployment whose details it holds (`lastSuccessful.deploymentId`).
+    pub deployment_id: String,
 }
 
 /// The last remote deployment of this object that succeeded, as it was when seen succeeding.

@@ -37,6 +37,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("writing ConfigMap {namespace}/{config_map} of spec.exportTo: {source}")]
+    Export {
+        namespace: String,
+        config_map: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("Deployments API, trying to {action}: {source}")]
     Api {
         action: String,
@@ -70,9 +77,10 @@ impl Error {
         match self {
             Error::MissingNamespace => "invalid_object",
             Error::ReadSecrets { .. } => "kubernetes_read",
-            Error::WriteState { .. } | Error::WriteStatus { .. } | Error::AddFinalizer { .. } => {
-                "kubernetes_write"
-            }
+            Error::WriteState { .. }
+            | Error::WriteStatus { .. }
+            | Error::AddFinalizer { .. }
+            | Error::Export { .. } => "kubernetes_write",
             Error::Api { source, .. } => source.category(),
             Error::CleanupPending { .. } => "cleanup_pending",
             Error::Panicked { .. } => "panic",

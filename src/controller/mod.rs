@@ -10,6 +10,7 @@
 //! - `observe`: the tracked deployment as it is now, through shared listings.
 //! - `decision`: pure "spec + observed remote state → next step", and health.
 //! - `act`: create, cancel, prune history, delete or orphan.
+//! - `export`: `spec.exportTo`, the last success in a ConfigMap the object owns.
 //! - `failure`: why a failed deployment failed, from its build log, read once; secrets masked.
 //! - `status`: pure; the status to mirror.
 //! - `state`: what the operator remembers on the object (`git.dev/state`).
@@ -27,6 +28,7 @@ pub mod decision;
 pub mod desired;
 mod error;
 pub mod events;
+pub mod export;
 pub mod failure;
 pub mod fence;
 pub mod keys;

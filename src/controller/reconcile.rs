@@ -25,7 +25,7 @@ use super::desired::DesiredDeployment;
 use super::recover::Settled;
 use super::round::Round;
 use super::{Context, Error};
-use super::{status, verify};
+use super::{export, status, verify};
 use crate::api::DeploymentsApi;
 use crate::resource::{FINALIZER, GitDeployment};
 
@@ -224,12 +224,30 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
     }
 
     let health = decision::health_with_log(&goal, &round.state, &observed, &log);
-    let requeue = match log.recheck(next.recheck) {
+    let recheck = log.recheck(next.recheck);
+    let requeue = match recheck {
         Recheck::Poll(every) => Requeue::requeue(jitter(every)),
         Recheck::Existence => Requeue::requeue(jitter(ctx.config.existence_check)),
         Recheck::OnChange => Requeue::await_change(),
     };
-    round.finish(&observed, health, requeue).await
+    let polling = matches!(recheck, Recheck::Poll(_));
+    match round.export(&observed, polling).await {
+        Ok(None) => round.finish(&observed, health, requeue).await,
+        // Nothing watches ConfigMaps: a blocked export is looked at again on a timer.
+        Ok(Some(blocked)) => {
+            let again = match recheck {
+                Recheck::Poll(every) => every.min(export::CONFLICT_RETRY),
+                Recheck::Existence | Recheck::OnChange => export::CONFLICT_RETRY,
+            };
+            let requeue = Requeue::requeue(jitter(again));
+            round.finish(&observed, blocked, requeue).await
+        }
+        // The deployment's own status is still mirrored; the export is retried with backoff.
+        Err(err) => {
+            round.finish(&observed, health, requeue).await?;
+            Err(err)
+        }
+    }
 }
 
 /// An object being deleted: clean up remotely as `deletionPolicy` says, then release the
@@ -297,6 +315,7 @@ async fn cleanup<A: DeploymentsApi>(
         (Step::Orphan { ids }, _) => round.orphan(&ids).await,
         _ => {}
     }
+    round.unexport().await;
     ctx.coordination.forget_object(
         &(round.namespace.clone(), round.name()),
         uid(obj),

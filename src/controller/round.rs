@@ -22,7 +22,7 @@ use super::state::{self, State, Trust};
 use super::status::{build_status, ready_reason};
 use super::{Context, Error};
 use crate::api::{ApiError, ApiToken, DeploymentsApi};
-use crate::resource::{DeploymentFailure, FINALIZER, GitDeployment};
+use crate::resource::{DeploymentFailure, Exported, FINALIZER, GitDeployment};
 
 /// Field manager of every write the operator makes.
 pub const MANAGER: &str = "gitdev-operator";
@@ -43,6 +43,9 @@ pub(super) struct Round<'a, A: DeploymentsApi> {
     /// `git.dev/state` (the intent of the first create, an adoption), so that it is in place
     /// before anything exists remotely, at no cost of its own; or at the end of the round.
     finalizer_due: bool,
+    /// What `export.rs` exported in this round (`Some(None)`: no longer exports), for the
+    /// status written at the end.
+    pub exported: Option<Option<Exported>>,
 }
 
 impl<'a, A: DeploymentsApi> Round<'a, A> {
@@ -59,6 +62,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                 && !obj.finalizers().iter().any(|f| f == FINALIZER),
             obj: obj.clone(),
             failure: None,
+            exported: None,
         })
     }
 
@@ -325,7 +329,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         self.ensure_finalizer().await?;
         let previous = self.obj.status.clone().unwrap_or_default();
         let read = self.failure.take();
-        let status = build_status(
+        let mut status = build_status(
             &self.obj,
             &self.state,
             observed,
@@ -333,6 +337,9 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             read.as_ref(),
             Timestamp::now(),
         );
+        if let Some(exported) = self.exported.take() {
+            status.exported = exported;
+        }
         match &read {
             // A build log read now is news even when the object was already DeploymentFailed
             // (an earlier read failed). Its own action per deployment: the recorder would fold

@@ -33,6 +33,8 @@ pub fn build_status(
         spec_fingerprint: state.fingerprint.clone(),
         deployment_id: state.id.clone(),
         last_successful: last_successful(&previous, observed),
+        // Only the export step (`export.rs`) changes it, through the round.
+        exported: previous.exported.clone(),
         ..GitDeploymentStatus::default()
     };
     match observed {
@@ -124,7 +126,10 @@ pub fn remember_success(obj: &mut GitDeployment, observed: &Observed) {
 
 /// The current deployment when it is seen succeeding; otherwise what was recorded before, so
 /// that a failure, a cancel, a new spec or pruned history never loses the last good one.
-fn last_successful(previous: &GitDeploymentStatus, observed: &Observed) -> Option<LastSuccessful> {
+pub(super) fn last_successful(
+    previous: &GitDeploymentStatus,
+    observed: &Observed,
+) -> Option<LastSuccessful> {
     match observed {
         Observed::Found(d) if d.status == Remote::Success => {
             // A listing reports success before a GET gives the completion time: keep one

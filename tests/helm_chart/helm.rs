@@ -197,13 +197,15 @@ impl Rendered {
     }
 }
 
-/// The rules the operator needs on its objects, Secrets and Events: exactly what it calls.
+/// The rules the operator needs on its objects, Secrets, Events and exported ConfigMaps:
+/// exactly what it calls.
 pub fn operator_rules() -> Value {
     json!([
         {"apiGroups": ["git.dev"], "resources": ["gitdeployments"], "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": ["git.dev"], "resources": ["gitdeployments/status"], "verbs": ["patch"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch", "delete"]},
     ])
 }
 

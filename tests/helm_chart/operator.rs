@@ -92,8 +92,9 @@ fn ready_reason(c: &Cluster, ns: &str, name: &str) -> Option<String> {
         .and_then(|c| c["reason"].as_str().map(String::from))
 }
 
-/// Create a token Secret and an object, wait for Ready/Succeeded, delete it: the remote
-/// deployment is gone (404) and so is the object. Then no call of the operator was refused.
+/// Create a token Secret and an object, wait for Ready/Succeeded and its exported ConfigMap,
+/// delete it: the remote deployment is gone (404) and so are the object and the ConfigMap. Then
+/// no call of the operator was refused.
 fn drive_a_full_lifecycle(
     c: &Cluster,
     sim: &Sim,
@@ -106,7 +107,7 @@ fn drive_a_full_lifecycle(
     );
     c.kubectl_with_stdin(["-n", apps, "apply", "-f", "-"], &secret)
         .expect_success();
-    let object = "apiVersion: git.dev/v1alpha1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  projectId: proj_8f3k29\n  branch: main\n  envVars:\n    NODE_ENV: production\n";
+    let object = "apiVersion: git.dev/v1alpha1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  projectId: proj_8f3k29\n  branch: main\n  exportTo: web-live\n  envVars:\n    NODE_ENV: production\n";
     c.kubectl_with_stdin(["-n", apps, "apply", "-f", "-"], object)
         .expect_success();
     eventually(WAIT, "web to be Ready=Succeeded", || {
@@ -129,6 +130,26 @@ fn drive_a_full_lifecycle(
     let events =
         kubectl_in(c, apps, &["get", "events.events.k8s.io", "-o", "json"]).expect_success();
     assert!(events.contains("\"Created\""), "{events}");
+    // spec.exportTo: created by server-side apply with the chart's configmaps rule.
+    let exported = |c: &Cluster| {
+        kubectl_in(
+            c,
+            apps,
+            &[
+                "get",
+                "configmap",
+                "web-live",
+                "--ignore-not-found",
+                "-o",
+                "jsonpath={.data.deploymentId}",
+            ],
+        )
+        .expect_success()
+    };
+    eventually(WAIT, "the exported ConfigMap", || {
+        assert_never_refused(operator);
+        (exported(c) == id).then_some(())
+    });
 
     kubectl_in(
         c,
@@ -152,6 +173,9 @@ fn drive_a_full_lifecycle(
     )
     .expect_success();
     assert!(left.trim().is_empty(), "{left}");
+    eventually(WAIT, "the exported ConfigMap deleted", || {
+        exported(c).is_empty().then_some(())
+    });
 
     assert_never_refused(operator);
 }

@@ -136,7 +136,14 @@ fn kubectl_auth_can_i_shows_the_service_account_may_do_what_the_operator_needs_a
     no("delete", "events.events.k8s.io", Some(apps));
     no("create", "events", Some(apps)); // core/v1 Events: the operator uses events.k8s.io
     no("list", "pods", Some(apps));
-    no("get", "configmaps", Some(apps));
+    // spec.exportTo: the ConfigMaps it keeps, read, applied and deleted one by one, never
+    // listed or watched.
+    for verb in ["get", "create", "patch", "delete"] {
+        yes(verb, "configmaps", Some(apps));
+    }
+    for verb in ["list", "watch", "update", "deletecollection"] {
+        no(verb, "configmaps", Some(apps));
+    }
     no("list", "namespaces", None);
     no("create", "clusterroles.rbac.authorization.k8s.io", None);
     no(
@@ -196,6 +203,10 @@ fn kubectl_auth_can_i_shows_the_service_account_may_do_what_the_operator_needs_a
     ));
     assert!(!can("delete", "gitdeployments.git.dev", Some(apps)));
     assert!(!can("patch", "secrets", Some(apps)));
+    assert!(can("patch", "configmaps", Some(apps)));
+    for ns in [Some(other), Some(release_ns), None] {
+        assert!(!can("patch", "configmaps", ns), "{ns:?}");
+    }
 }
 
 #[test]
@@ -230,6 +241,10 @@ fn with_a_list_of_namespaces_the_service_account_reads_secrets_in_those_namespac
         ));
         assert!(can("create", "events.events.k8s.io", ns));
         assert!(!can("patch", "secrets", ns));
+        for verb in ["get", "create", "patch", "delete"] {
+            assert!(can(verb, "configmaps", ns), "{verb} configmaps in {ns:?}");
+        }
+        assert!(!can("list", "configmaps", ns));
     }
     // Not in a namespace left off the list, not in its own, not cluster-wide.
     for ns in [Some(other.as_ref()), Some(release_ns.as_ref()), None] {
@@ -238,5 +253,6 @@ fn with_a_list_of_namespaces_the_service_account_reads_secrets_in_those_namespac
         }
         assert!(!can("list", "gitdeployments.git.dev", ns), "{ns:?}");
         assert!(!can("create", "events.events.k8s.io", ns), "{ns:?}");
+        assert!(!can("patch", "configmaps", ns), "{ns:?}");
     }
 }

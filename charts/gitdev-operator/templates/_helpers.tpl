@@ -85,7 +85,8 @@ The rules on gitdeployments, Secrets and Events: exactly the calls the operator 
 - gitdeployments/status patch: status (server-side apply on the subresource).
 - secrets get/list/watch: the operator watches Secret metadata (to wake objects when their Secrets change) and GETs the referenced ones. Read-only.
 - events.k8s.io events create/patch: kube-runtime's Recorder creates an Event, then patches its series.
-No gitdeployments/finalizers: the operator sets no ownerReferences, so the OwnerReferencesPermissionEnforcement admission plugin never asks for it.
+- configmaps get/create/patch/delete: spec.exportTo. The operator GETs the named ConfigMap (to leave one it does not own alone and to write only changes), writes it by server-side apply (patch, and create when it does not exist yet), and deletes the one it owns when exportTo changes or the object goes. No list/watch: nothing watches ConfigMaps.
+No gitdeployments/finalizers: the exported ConfigMap's owner reference sets no blockOwnerDeletion, so the OwnerReferencesPermissionEnforcement admission plugin never asks for it.
 */}}
 {{- define "gitdev-operator.rules" -}}
 - apiGroups: ["git.dev"]
@@ -100,4 +101,7 @@ No gitdeployments/finalizers: the operator sets no ownerReferences, so the Owner
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end }}

@@ -73,9 +73,12 @@ fn scrape(w: &World) -> Vec<Sample> {
     samples(&text)
 }
 
+/// A series (name and exact labels) and the value it should have.
+type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
 /// Waits until the series listed all have the values given; returns the last scrape.
 #[track_caller]
-fn wait_for_gauges(w: &World, expected: &[(&str, &[(&str, &str)], f64)]) -> Vec<Sample> {
+fn wait_for_gauges(w: &World, expected: &[Expected]) -> Vec<Sample> {
     let mut last = Vec::new();
     let mut wrong = String::new();
     let found = eventually_or(WAIT, || {

@@ -345,16 +345,18 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
     ready.store(false, Ordering::Relaxed);
+    metrics.set_leader(true);
     controller::run(
         client,
         api,
-        metrics,
+        metrics.clone(),
         reconciler,
         options,
         move || ready.store(true, Ordering::Relaxed),
         stop_acting,
     )
     .await;
+    metrics.set_leader(false);
     if let Some(held) = leadership {
         if held.is_lost() {
             outcome = Err(

@@ -31,6 +31,9 @@ step "cargo test (unit, CRD drift, simulator, client, control plane, operator en
 # Every suite runs even when one fails, so that one run shows every failure.
 cargo test --all-targets --no-fail-fast
 
+step "promtool: the chart's alert rules checked and unit-tested by Prometheus' own code"
+tests/monitoring/check.sh
+
 step "schemathesis against the simulator's OpenAPI document"
 tests/schemathesis/run.sh
 

@@ -381,6 +381,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             if status.status.is_some() && status.status != previous.status {
                 self.ctx.metrics.remote_transition();
             }
+            self.ctx.metrics.status_written(&previous, &status);
         }
         Ok(requeue)
     }

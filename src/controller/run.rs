@@ -238,6 +238,7 @@ pub async fn run<A: DeploymentsApi>(
         .applied_objects()
         .predicate_filter(wake_hash, Default::default());
     let default_credentials = config.default_credentials.clone();
+    let counting = metrics.clone();
     let ctx = Context::new(
         client.clone(),
         api,
@@ -256,6 +257,7 @@ pub async fn run<A: DeploymentsApi>(
         loop {
             if ready_reader.wait_until_ready().now_or_never().is_some() {
                 tracing::info!("object cache filled; ready");
+                counting.count_objects(ready_reader);
                 ready();
                 return;
             }

@@ -14,6 +14,7 @@ mod common;
 
 mod helm;
 mod install;
+mod monitoring;
 mod operator;
 mod rbac;
 mod render;

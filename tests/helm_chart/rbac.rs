@@ -12,6 +12,7 @@ fn the_rendered_chart_passes_server_side_dry_run_on_the_control_plane() {
     let apps = rt.block_on(c.namespace("helm-dry-apps"));
     let billing = rt.block_on(c.namespace("helm-dry-billing"));
     let argocd = rt.block_on(c.namespace("helm-dry-argocd"));
+    let monitoring = rt.block_on(c.namespace("helm-dry-monitoring"));
     let all_values = read("charts/gitdev-operator/ci/all-values.yaml")
         .replace("watchNamespace: apps", &format!("watchNamespace: {apps}"))
         .replace(
@@ -19,10 +20,15 @@ fn the_rendered_chart_passes_server_side_dry_run_on_the_control_plane() {
             &format!("  - {apps}\n  - {billing}\n"),
         )
         .replace("namespace: argocd", &format!("namespace: {argocd}"))
-        // The ServiceMonitor CRD is not installed here.
+        .replace("namespace: monitoring", &format!("namespace: {monitoring}"))
+        // The ServiceMonitor and PrometheusRule CRDs are not installed here.
         .replace(
             "serviceMonitor:\n  enabled: true",
             "serviceMonitor:\n  enabled: false",
+        )
+        .replace(
+            "prometheusRule:\n    enabled: true",
+            "prometheusRule:\n    enabled: false",
         );
     for (release, values) in [
         (
@@ -34,6 +40,7 @@ fn the_rendered_chart_passes_server_side_dry_run_on_the_control_plane() {
     ] {
         let r = template(&release, &release_ns, &values);
         assert!(r.all("ServiceMonitor").is_empty());
+        assert!(r.all("PrometheusRule").is_empty());
         let out = c
             .kubectl_with_stdin(["apply", "--dry-run=server", "-f", "-"], &r.yaml)
             .expect_success();

@@ -471,8 +471,7 @@ fn every_value_set_lands_where_it_belongs() {
         r.named("Role", "gitdev-all-leader-election")["rules"],
         lease_rules("gitdev-all-leader")
     );
-    let cm = r.one("ConfigMap");
-    assert_eq!(cm["metadata"]["name"], "gitdev-all-argocd-health");
+    let cm = r.named("ConfigMap", "gitdev-all-argocd-health");
     assert_eq!(cm["metadata"]["namespace"], "argocd");
 
     // rbac.create: false renders no RBAC at all.

@@ -1,7 +1,12 @@
 //! Prometheus metrics of the operator, served as text on `/metrics`.
+//!
+//! `objects` counts the objects themselves at each scrape; the rest are counted as the
+//! operator works. `docs/monitoring.md` lists every family, its labels and what to do with it.
 
-use std::sync::Mutex;
+mod objects;
+
 use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,6 +19,9 @@ use prometheus_client::registry::Registry;
 
 use crate::api::client::ApiObserver;
 use crate::api::{BudgetSnapshot, Endpoint};
+use crate::resource::{GitDeployment, GitDeploymentStatus};
+use objects::transition;
+pub use objects::{HEALTHS, REASONS, REMOTE_STATUSES};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CategoryLabels {
@@ -42,6 +50,12 @@ struct WriteLabels {
     kind: String,
 }
 
+/// A remote status at which a deployment is over: one of a fixed few.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CompletedLabels {
+    status: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     reconciliations: Counter,
@@ -58,6 +72,10 @@ pub struct Metrics {
     kubernetes_writes: Family<WriteLabels, Counter>,
     remote_transitions: Counter,
     secret_reads: Family<SourceLabels, Counter>,
+    time_to_ready: Histogram,
+    completed: Family<CompletedLabels, Counter>,
+    leader: Gauge<i64, AtomicI64>,
+    objects: Arc<objects::ObjectGauges>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,6 +180,35 @@ impl Metrics {
             "Secrets read by reconciliations, by source: cache (unchanged since last read, per the watch) or api (a GET)",
             secret_reads.clone(),
         );
+        // From seconds (the simulator) to an hour (a large build behind a long queue).
+        let time_to_ready = Histogram::new([
+            1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+        ]);
+        registry.register(
+            "time_to_ready_seconds",
+            "Time from the first reconcile of a changed spec (Progressing) to the object's Ready",
+            time_to_ready.clone(),
+        );
+        let completed = Family::<CompletedLabels, Counter>::default();
+        // Each outcome exists from the start, so that rate() over a fresh process is 0, not absent.
+        for status in ["success", "failed", "cancelled"] {
+            completed
+                .get_or_create(&CompletedLabels { status })
+                .inc_by(0);
+        }
+        registry.register(
+            "deployments_completed",
+            "Remote deployments seen ending, by their final status (success, failed, cancelled)",
+            completed.clone(),
+        );
+        let leader = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "leader",
+            "1 while this replica acts on gitdeployments (holds the leader Lease, or runs without election), else 0",
+            leader.clone(),
+        );
+        let objects = Arc::new(objects::ObjectGauges::default());
+        registry.register_collector(Box::new(objects.clone()));
         Metrics {
             registry: Mutex::new(registry),
             reconciliations,
@@ -178,6 +225,34 @@ impl Metrics {
             kubernetes_writes,
             remote_transitions,
             secret_reads,
+            time_to_ready,
+            completed,
+            leader,
+            objects,
+        }
+    }
+
+    /// Counts the objects of the controller's cache at each scrape from now on; called once
+    /// the cache is filled.
+    pub fn count_objects(&self, store: kube::runtime::reflector::Store<GitDeployment>) {
+        self.objects.count(store);
+    }
+
+    /// Whether this replica acts on objects now.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// A status written over `before`: a deployment that ended, an object that became Ready.
+    pub fn status_written(&self, before: &GitDeploymentStatus, after: &GitDeploymentStatus) {
+        let t = transition(before, after, jiff::Timestamp::now());
+        if let Some(took) = t.ready_after {
+            self.time_to_ready.observe(took.as_secs_f64());
+        }
+        if let Some(status) = t.completed {
+            self.completed
+                .get_or_create(&CompletedLabels { status })
+                .inc();
         }
     }
 
@@ -300,10 +375,17 @@ mod tests {
             Duration::from_millis(5),
         );
         m.kubernetes_write("status");
+        m.api_failure("server_error");
+        m.budget_wait(Endpoint::Create, Duration::from_millis(20));
         let text = m.render();
         for name in [
             "gitdev_reconciliations_total 1",
             "gitdev_reconcile_failures_total{category=\"api\"} 1",
+            "gitdev_reconcile_api_errors_total{category=\"server_error\"} 1",
+            "gitdev_api_rate_budget_wait_seconds_count{endpoint=\"create\"} 1",
+            "gitdev_deployments_completed_total{status=\"failed\"} 0",
+            "gitdev_time_to_ready_seconds_count 0",
+            "gitdev_leader 0",
             "gitdev_reconcile_duration_seconds_count 1",
             "gitdev_api_requests_total{endpoint=\"create\",outcome=\"success\"} 1",
             "gitdev_api_request_duration_seconds_count{endpoint=\"create\"} 1",
@@ -312,6 +394,61 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_object_gauges_appear_once_the_cache_is_counted_and_follow_its_content() {
+        use kube::runtime::reflector;
+        use kube::runtime::watcher::Event;
+
+        let m = Metrics::new();
+        assert!(
+            !m.render().contains("gitdev_objects"),
+            "nothing before the cache is filled"
+        );
+        let (store, mut writer) = reflector::store::<GitDeployment>();
+        let object = |name: &str| {
+            let spec =
+                serde_json::from_value(serde_json::json!({"projectId": "p", "branch": "main"}))
+                    .unwrap();
+            let mut o = GitDeployment::new(name, spec);
+            o.metadata.namespace = Some("apps".into());
+            o
+        };
+        for event in [
+            Event::Init,
+            Event::InitApply(object("a")),
+            Event::InitApply(object("b")),
+            Event::InitDone,
+        ] {
+            writer.apply_watcher_event(&event);
+        }
+        m.count_objects(store);
+        let text = m.render();
+        assert_eq!(
+            sample(&text, "gitdev_objects{health=\"Progressing\"}"),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "gitdev_objects{health=\"Ready\"}"),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "gitdev_objects_by_remote_status{status=\"none\"}"),
+            Some(2.0),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE gitdev_objects gauge"), "{text}");
+        writer.apply_watcher_event(&Event::Delete(object("a")));
+        let text = m.render();
+        assert_eq!(
+            sample(&text, "gitdev_objects{health=\"Progressing\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(!text.contains("apps") && !text.contains("\"b\""), "{text}");
     }
 
     /// The value of the sample `name{labels}` in an exposition.

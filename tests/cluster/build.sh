@@ -25,15 +25,22 @@ mkdir -p "$bin"
 die() { echo "build.sh: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is missing: $2"; }
 
-# One build at a time per machine: test binaries may call this in parallel.
-need flock "apt-get install -y util-linux"
-exec 9>"$cache/.build.lock"
-flock 9
-
 apiserver="$bin/kube-apiserver-$KUBE_VERSION"
 etcd="$bin/etcd-$ETCD_VERSION"
 helm="$bin/helm-$HELM_VERSION"
 node="$bin/kube-node-$KUBE_VERSION"
+
+# One build at a time per machine: test binaries may call this in parallel. Binaries appear by
+# rename, complete, so a caller that needs nothing built skips the lock and never waits behind
+# a long build of something else (the node's binaries take many minutes).
+all_built=1
+for f in "$apiserver" "$etcd" "$helm"; do [ -x "$f" ] || all_built=0; done
+if [ $with_node = 1 ] && [ ! -x "$node" ]; then all_built=0; fi
+if [ $all_built = 0 ]; then
+  need flock "apt-get install -y util-linux"
+  exec 9>"$cache/.build.lock"
+  flock 9
+fi
 
 # build_kube NAME MAIN_DIR OUT: builds the command in MAIN_DIR (a main.go calling upstream
 # constructors) against k8s.io/kubernetes@$KUBE_VERSION into OUT. Every such build resolves the
@@ -121,16 +128,22 @@ reports() { local out; out=$("$@" 2>&1) || return 1; echo "$out"; }
 grep -qx "Kubernetes $KUBE_VERSION" <<<"$(reports "$apiserver" --version)" || die "$apiserver does not report $KUBE_VERSION"
 grep -q "etcd Version: ${ETCD_VERSION#v}" <<<"$(reports "$etcd" --version)" || die "$etcd does not report $ETCD_VERSION"
 grep -q "^$HELM_VERSION" <<<"$(reports "$helm" version --short)" || die "$helm does not report $HELM_VERSION"
-ln -sf "$(basename "$apiserver")" "$bin/kube-apiserver"
-ln -sf "$(basename "$etcd")" "$bin/etcd"
-ln -sf "$(basename "$helm")" "$bin/helm"
+# link NAME TARGET: $bin/NAME -> TARGET, replaced by rename so that callers running side by side
+# (outside the lock) never see it missing or fail on each other's link.
+link() {
+  [ "$(readlink "$bin/$1" 2>/dev/null)" = "$2" ] && return 0
+  ln -sfn "$2" "$bin/.$1.$$" && mv -Tf "$bin/.$1.$$" "$bin/$1"
+}
+link kube-apiserver "$(basename "$apiserver")"
+link etcd "$(basename "$etcd")"
+link helm "$(basename "$helm")"
 if [ $with_node = 1 ]; then
   for component in kubelet kube-controller-manager kube-scheduler; do
     grep -qx "Kubernetes $KUBE_VERSION" <<<"$(reports "$node" "$component" --version)" \
       || die "$node $component does not report $KUBE_VERSION"
     # The versioned name is what node-up.sh runs: the binary picks its component from it.
-    ln -sf "$(basename "$node")" "$bin/$component-$KUBE_VERSION"
-    ln -sf "$component-$KUBE_VERSION" "$bin/$component"
+    link "$component-$KUBE_VERSION" "$(basename "$node")"
+    link "$component" "$component-$KUBE_VERSION"
   done
 fi
 echo "$bin"

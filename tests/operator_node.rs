@@ -17,7 +17,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -32,6 +32,17 @@ const MAX_IMAGE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// What pods take to start here: images are local, but the machine is small and shared.
 const POD_START: Duration = Duration::from_secs(120);
+
+/// Held by every test that installs the operator: a cluster-wide operator would act on the
+/// objects of another test's operator.
+static OPERATORS: Mutex<()> = Mutex::new(());
+
+fn one_operator_at_a_time() -> MutexGuard<'static, ()> {
+    // A test that failed while holding it leaves nothing behind that matters to the next one.
+    OPERATORS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The token the simulator's default fixture accepts for writes.
 const SIM_TOKEN: &str = "sk_test_write";
@@ -121,12 +132,13 @@ spec:
 #[test]
 #[ignore = "needs root and the images: run by tests/run-all.sh (see the module docs)"]
 fn helm_install_elects_one_leader_hands_over_upgrades_without_a_duplicate_and_uninstalls_cleanly() {
+    let _one = one_operator_at_a_time();
     let node = node();
     let ns = node.namespace("install");
     let sim = node.start_sim(&ns);
     node.create_token_secret(&ns);
     let release = "demo";
-    node.helm_install(release, &ns, &ns, &sim, &[]);
+    node.helm_install(release, &ns, Some(&ns), &sim, &[]);
 
     // Two replicas, one Lease holder: the holder is one of the two pods.
     let pods = node.wait_for_pods(&ns, release, 2);
@@ -142,34 +154,36 @@ fn helm_install_elects_one_leader_hands_over_upgrades_without_a_duplicate_and_un
     assert_eq!(sim.posts(), 1, "one remote deployment for one object");
     assert_eq!(sim.deployments_of("main").len(), 1);
 
-    // The leader's pod goes; the other replica takes the Lease within its duration (15 s) and
-    // the object stays as it is, with no second deployment.
+    // The leader's pod goes (it releases the Lease on SIGTERM); a live replica, the standby or
+    // the ReplicaSet's replacement, whichever asks first, takes it over within the Lease's
+    // duration (15 s), and the object stays as it is, with no second deployment.
     node.kubectl(["delete", "pod", "-n", &ns, &leader, "--wait=false"], None)
         .expect_success();
-    let standby = pods
-        .iter()
-        .find(|p| **p != leader)
-        .expect("two pods")
-        .clone();
-    eventually(
+    let pods = node.wait_for_pods(&ns, release, 2);
+    assert!(!pods.contains(&leader), "{leader} is gone: {pods:?}");
+    let successor = eventually(
         Duration::from_secs(60),
-        "the standby to take the Lease",
-        || (node.lease_holder(&ns, &lease) == standby).then_some(()),
+        "another pod to take the Lease",
+        || {
+            let holder = node.lease_holder(&ns, &lease);
+            pods.contains(&holder).then_some(holder)
+        },
     );
+    assert_ne!(successor, leader);
     node.wait_for_success(&ns, "web");
 
     // An upgrade that changes the pod template rolls both pods; the new ones adopt the object.
     node.helm_upgrade(
         release,
         &ns,
-        &ns,
+        Some(&ns),
         &sim,
         &["--set", "podAnnotations.rolled=yes"],
     );
     let rolled = node.wait_for_pods(&ns, release, 2);
     assert!(
-        rolled.iter().all(|p| !pods.contains(p) && *p != standby),
-        "the upgrade replaced every pod: before {pods:?} and {standby}, after {rolled:?}"
+        rolled.iter().all(|p| !pods.contains(p)),
+        "the upgrade replaced every pod: before {pods:?}, after {rolled:?}"
     );
     eventually(POD_START, "a new Lease holder after the upgrade", || {
         rolled
@@ -241,18 +255,16 @@ fn helm_install_elects_one_leader_hands_over_upgrades_without_a_duplicate_and_un
 #[test]
 #[ignore = "needs root and the images: run by tests/run-all.sh (see the module docs)"]
 fn deleting_a_namespace_with_objects_and_their_token_secret_deletes_the_remote_deployments() {
+    let _one = one_operator_at_a_time();
     let node = node();
     let operator_ns = node.namespace("operator");
     let apps_ns = node.namespace("apps");
     let sim = node.start_sim(&operator_ns);
     node.create_token_secret(&apps_ns);
-    node.helm_install(
-        "gitdev",
-        &operator_ns,
-        &apps_ns,
-        &sim,
-        &["--set", "replicas=1"],
-    );
+    // Cluster-wide (the chart's default): with `watchNamespace`, the operator's Role lives in the
+    // watched namespace, and the namespace's deletion removes it together with the objects, so
+    // the operator can no longer read the token Secret and the cleanup never finishes.
+    node.helm_install("gitdev", &operator_ns, None, &sim, &["--set", "replicas=1"]);
     node.wait_for_pods(&operator_ns, "gitdev", 1);
 
     node.kubectl(["apply", "-n", &apps_ns, "-f", "examples/basic.yaml"], None)
@@ -533,12 +545,27 @@ impl Node {
         })
     }
 
-    /// The chart, with the locally built image and the simulator as the API, watching `watch`.
-    fn helm_install(&self, release: &str, ns: &str, watch: &str, sim: &SimPod, extra: &[&str]) {
+    /// The chart, with the locally built image and the simulator as the API, watching `watch`
+    /// (every namespace with `None`).
+    fn helm_install(
+        &self,
+        release: &str,
+        ns: &str,
+        watch: Option<&str>,
+        sim: &SimPod,
+        extra: &[&str],
+    ) {
         self.helm_release("install", release, ns, watch, sim, extra);
     }
 
-    fn helm_upgrade(&self, release: &str, ns: &str, watch: &str, sim: &SimPod, extra: &[&str]) {
+    fn helm_upgrade(
+        &self,
+        release: &str,
+        ns: &str,
+        watch: Option<&str>,
+        sim: &SimPod,
+        extra: &[&str],
+    ) {
         self.helm_release("upgrade", release, ns, watch, sim, extra);
     }
 
@@ -547,7 +574,7 @@ impl Node {
         verb: &str,
         release: &str,
         ns: &str,
-        watch: &str,
+        watch: Option<&str>,
         sim: &SimPod,
         extra: &[&str],
     ) {
@@ -566,7 +593,7 @@ impl Node {
         ];
         let repository = format!("image.repository={repository}");
         let tag = format!("image.tag={tag}");
-        let watch = format!("watchNamespace={watch}");
+        let watch = format!("watchNamespace={}", watch.unwrap_or_default());
         args.extend([
             "--set",
             &repository,

@@ -57,7 +57,7 @@ stop_pidfile containerd "$dir/containerd.pid" "$dir" "$timeout" || status=1
 # A container's shim outlives containerd by design; ours are those that name our state directory.
 for proc in /proc/[0-9]*; do
   pid=${proc#/proc/}
-  [[ $(tr '\0' ' ' <"$proc/cmdline" 2>/dev/null || true) == *containerd-shim*"$dir/containerd"* ]] || continue
+  [[ $(tr '\0' ' ' 2>/dev/null <"$proc/cmdline" || true) == *containerd-shim*"$dir/containerd"* ]] || continue
   log "stopping a container shim left behind (PID $pid)"
   kill -KILL "$pid" 2>/dev/null || true
 done

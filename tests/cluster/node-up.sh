@@ -172,7 +172,7 @@ spawn kube-controller-manager "$bin/kube-controller-manager-$KUBE_VERSION" \
   --kubeconfig="$dir/kubeconfig" --secure-port=0 --leader-elect=false \
   --cert-dir="$dir/controller-manager" \
   --root-ca-file="$cp_dir/pki/ca.crt" --service-account-private-key-file="$cp_dir/pki/sa.key" \
-  --use-service-account-credentials=false --controllers='*,-nodeipam,-nodelifecycle'
+  --use-service-account-credentials=false
 spawn kube-scheduler "$bin/kube-scheduler-$KUBE_VERSION" \
   --kubeconfig="$dir/kubeconfig" --secure-port=0 --leader-elect=false
 
@@ -181,8 +181,9 @@ node_name=gitdev-node
 read -r kubelet_port healthz_port <<<"$(free_ports 2)"
 mkdir -p "$dir/kubelet"
 # cgroupfs, no QoS cgroup tree (nothing of it would be cleaned up after a test), swap allowed,
-# evictions only when a disk is really full, the kubelet's API on 127.0.0.1 for `kubectl logs`
-# (the API server presents no client certificate, hence anonymous; nothing else listens there).
+# evictions only when a disk is really full. The node's address is the pod bridge's (the kubelet
+# refuses a loopback one); its API listens there only, for `kubectl logs` and `exec` (the API
+# server presents no client certificate, hence anonymous, reachable from this host and its pods).
 cat >"$dir/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -192,7 +193,7 @@ enforceNodeAllocatable: []
 containerRuntimeEndpoint: unix://$sock
 failSwapOn: false
 oomScoreAdj: 0
-address: 127.0.0.1
+address: $gateway
 port: $kubelet_port
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -216,7 +217,7 @@ resolvConf: /etc/resolv.conf
 EOF
 spawn kubelet "$bin/kubelet-$KUBE_VERSION" \
   --config="$dir/kubelet.yaml" --kubeconfig="$dir/kubeconfig" --root-dir="$dir/kubelet" \
-  --cert-dir="$dir/kubelet/pki" --hostname-override="$node_name" --node-ip=127.0.0.1
+  --cert-dir="$dir/kubelet/pki" --hostname-override="$node_name" --node-ip="$gateway"
 
 deadline=$((SECONDS + timeout))
 until [ "$("$kubectl" --kubeconfig="$dir/kubeconfig" get node "$node_name" \
@@ -225,6 +226,11 @@ until [ "$("$kubectl" --kubeconfig="$dir/kubeconfig" get node "$node_name" \
     pid_alive "$(cat "$dir/$component.pid")" || fail "$component exited while the node was starting"
   done
   [ $SECONDS -lt $deadline ] || fail "node $node_name was not Ready within ${timeout}s"
+  sleep 1
+done
+# The node controller lifts the not-ready taint a moment after Ready; until then nothing schedules.
+until [ -z "$("$kubectl" --kubeconfig="$dir/kubeconfig" get node "$node_name" -o 'jsonpath={.spec.taints}' 2>/dev/null)" ]; do
+  [ $SECONDS -lt $deadline ] || fail "node $node_name kept its taints for ${timeout}s"
   sleep 1
 done
 # Pods of a namespace start only once its default ServiceAccount exists.

@@ -205,6 +205,7 @@ EOF
 # authorizer: no kubelets). The service-account key pair makes the TokenRequest API work. The
 # service range is for ClusterIP allocation only; nothing routes there. No endpoint reconciler:
 # it would only complain that 127.0.0.1 is not a valid endpoint address. No /debug/pprof.
+# A node (node-up.sh) is reached at its address: its name resolves nowhere.
 # Priority and fairness stays on as in real clusters: turning it off saved ~10 MB and no
 # measurable start time.
 for attempt in 1 2 3 4 5; do
@@ -220,6 +221,7 @@ for attempt in 1 2 3 4 5; do
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range=10.96.0.0/24 \
     --endpoint-reconciler-type=none \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
     --profiling=false || rc=$?
   [ $rc = 0 ] && break
   [ "$attempt" = 5 ] && fail "kube-apiserver: ports kept colliding with other processes"

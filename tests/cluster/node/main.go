@@ -32,7 +32,7 @@ import (
 var components = map[string]func() *cobra.Command{
 	"kubelet":                 kubelet.NewKubeletCommand,
 	"kube-controller-manager": controllermanager.NewControllerManagerCommand,
-	"kube-scheduler":          scheduler.NewSchedulerCommand,
+	"kube-scheduler":          func() *cobra.Command { return scheduler.NewSchedulerCommand() },
 }
 
 // component names the component a program name stands for: "kubelet" or "kubelet-v1.33.13".

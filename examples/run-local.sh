@@ -69,7 +69,7 @@ if $in_cluster; then
   say "helm install gitdev-operator ($GITDEV_OPERATOR_IMAGE, two replicas, API $sim/v1)"
   "$helm" install gitdev-operator charts/gitdev-operator -n gitdev-system --wait --timeout 180s \
     --set image.repository="${GITDEV_OPERATOR_IMAGE%:*}" --set image.tag="${GITDEV_OPERATOR_IMAGE##*:}" \
-    --set image.pullPolicy=Never --set apiUrl="$sim/v1" --set watchNamespace=default >&2
+    --set image.pullPolicy=Never --set apiUrl="$sim/v1" --set watchNamespace=default >/dev/null
 
   say "applying examples/basic.yaml"
   kubectl apply -f examples/basic.yaml

@@ -22,7 +22,7 @@ keep=0 cp_dir=""
 while [ $# -gt 0 ]; do
   case $1 in
     --keep) keep=1; shift ;;
-    -h | --help) sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     -*) die "unknown argument: $1" ;;
     *) [ -z "$cp_dir" ] || die "one control-plane directory only"; cp_dir=$1; shift ;;
   esac

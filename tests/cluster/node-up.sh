@@ -24,7 +24,7 @@ source "$here/lib.sh"
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-usage() { sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 cp_dir="" images="$root/target/images" timeout=120
 while [ $# -gt 0 ]; do
   case $1 in

@@ -87,6 +87,18 @@ if [ -f "$dir/subnet" ]; then
   if ip link show "gdnode$n" >/dev/null 2>&1; then ip link del "gdnode$n" || status=1; fi
 fi
 
+# Paths the kubelet and the shims do not let us choose: links to our pods' logs, the kubelet's
+# device-plugin socket (unless another kubelet listens there), and directories left empty.
+if [ -d /var/log/containers ]; then
+  find /var/log/containers -maxdepth 1 -type l -lname "$dir/*" -delete || status=1
+fi
+plugin_sock=/var/lib/kubelet/device-plugins/kubelet.sock
+if [ -S "$plugin_sock" ] && [ -z "$(ss -Hxl "src $plugin_sock" 2>/dev/null)" ]; then rm -f "$plugin_sock"; fi
+for d in /var/log/containers /var/lib/kubelet/device-plugins /var/lib/kubelet \
+  /run/containerd/runc/k8s.io /run/containerd/runc /run/containerd/fifo /run/containerd/s /run/containerd; do
+  [ -d "$d" ] && rmdir "$d" 2>/dev/null || true
+done
+
 # The kubelet's kernel settings, back to what they were before node-up.sh.
 if [ -f "$dir/sysctl.saved" ]; then
   while IFS='=' read -r key value; do

@@ -214,6 +214,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 resolvConf: /etc/resolv.conf
+podLogsDir: $dir/pod-logs
 EOF
 spawn kubelet "$bin/kubelet-$KUBE_VERSION" \
   --config="$dir/kubelet.yaml" --kubeconfig="$dir/kubeconfig" --root-dir="$dir/kubelet" \

@@ -6,11 +6,22 @@
 #
 #   examples/run-local.sh                  run until interrupted
 #   examples/run-local.sh --exit-when-ready   stop once the example succeeded (used by the tests)
+#   examples/run-local.sh --in-cluster     the way a cluster runs it: the images built with
+#                                          buildah, a local node (kubelet + containerd), the
+#                                          simulator as a pod and the operator installed with
+#                                          helm (root only; docs/node.md). Combines with
+#                                          --exit-when-ready.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-exit_when_ready=false
-[ "${1:-}" = "--exit-when-ready" ] && exit_when_ready=true
+exit_when_ready=false in_cluster=false
+for arg in "$@"; do
+  case $arg in
+    --exit-when-ready) exit_when_ready=true ;;
+    --in-cluster) in_cluster=true ;;
+    *) echo "run-local.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'run-local.sh: %s\n' "$*" >&2; exit 1; }
@@ -31,6 +42,57 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+if $in_cluster; then
+  [ "$(id -u)" = 0 ] || die "--in-cluster needs root (containerd and the kubelet)"
+  say "building the images (tests/cluster/images.sh)"
+  tests/cluster/images.sh --out "$work/images" >&2
+  # shellcheck disable=SC1091 # written by images.sh just now
+  source "$work/images/images.env"
+  say "starting a local control plane and a node (kubelet, containerd, controllers, scheduler)"
+  cluster_dir="$work/cluster"
+  tests/cluster/up.sh --dir "$cluster_dir" --owner-pid $$ --node --images "$work/images" >&2
+  export KUBECONFIG="$cluster_dir/kubeconfig"
+  helm="$(tests/cluster/build.sh | tail -n1)/helm"
+  kubectl create namespace gitdev-system >/dev/null
+
+  say "starting the simulator as a pod (deploy/gitdev-sim.yaml)"
+  kubectl apply -n gitdev-system -f deploy/gitdev-sim.yaml >/dev/null
+  kubectl wait -n gitdev-system --for=condition=Available --timeout=180s deployment/gitdev-sim >/dev/null
+  # No kube-proxy on this node: the operator reaches the simulator at its pod's address.
+  sim_ip=$(kubectl get pods -n gitdev-system -l app.kubernetes.io/name=gitdev-sim -o jsonpath='{.items[0].status.podIP}')
+  sim="http://$sim_ip:8080"
+
+  say "creating the token Secret (the simulator's sk_test_write token)"
+  kubectl create secret generic gitdev-credentials --from-literal=token=sk_test_write >/dev/null
+
+  say "helm install gitdev-operator ($GITDEV_OPERATOR_IMAGE, two replicas, API $sim/v1)"
+  "$helm" install gitdev-operator charts/gitdev-operator -n gitdev-system --wait --timeout 180s \
+    --set image.repository="${GITDEV_OPERATOR_IMAGE%:*}" --set image.tag="${GITDEV_OPERATOR_IMAGE##*:}" \
+    --set image.pullPolicy=Never --set apiUrl="$sim/v1" --set watchNamespace=default >/dev/null
+
+  say "applying examples/basic.yaml"
+  kubectl apply -f examples/basic.yaml
+  if ! kubectl wait --for=condition=Ready --timeout=180s gitdeployment/web >/dev/null; then
+    kubectl describe gitdeployment/web >&2 || true
+    kubectl logs -n gitdev-system -l app.kubernetes.io/instance=gitdev-operator --tail=30 >&2 || true
+    die "the example did not become Ready"
+  fi
+  [ "$(kubectl get gitdeployment web -o jsonpath='{.status.status}')" = success ] \
+    || die "the example is Ready but its status is not success"
+  kubectl get gitdeployments
+  kubectl get pods -n gitdev-system -o wide
+  echo
+  echo "Simulator:  $sim   (hooks: $sim/_sim/stats, $sim/_sim/deployments)"
+  echo "Operator:   kubectl logs -n gitdev-system -l app.kubernetes.io/instance=gitdev-operator"
+  echo "Cluster:    export KUBECONFIG=$KUBECONFIG"
+  if $exit_when_ready; then
+    say "example reached success"
+    exit 0
+  fi
+  say "running; press Ctrl-C to stop everything"
+  while sleep 3600; do :; done
+fi
 
 say "building gitdev-operator and gitdev-sim"
 cargo build --quiet --bin gitdev-operator --bin gitdev-sim

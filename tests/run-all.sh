@@ -34,6 +34,12 @@ cargo test --all-targets --no-fail-fast
 step "promtool: the chart's alert rules checked and unit-tested by Prometheus' own code"
 tests/monitoring/check.sh
 
+step "the images (buildah) and the chart on a real node (kubelet + containerd): tests/operator_node.rs"
+# Root only, as CI runs: the node needs containerd, network namespaces and a bridge.
+[ "$(id -u)" = 0 ] || die "the node step needs root (docs/node.md); CI runs as root"
+tests/cluster/images.sh
+cargo test --test operator_node -- --ignored
+
 step "schemathesis against the simulator's OpenAPI document"
 tests/schemathesis/run.sh
 

@@ -3,7 +3,7 @@
 #
 #   tests/cluster/down.sh DIR
 #
-# Stops the reaper (if any), kube-apiserver, then etcd, by the PIDs recorded in DIR: SIGTERM, and
+# Stops the reaper (if any), the node (if any, node-down.sh), kube-apiserver, then etcd, by the PIDs recorded in DIR: SIGTERM, and
 # SIGKILL after ${GITDEV_CP_STOP_TIMEOUT:-10} seconds. Then removes DIR. A directory without the
 # marker file up.sh writes is never removed. Stopping an already stopped control plane is fine.
 # shellcheck source-path=SCRIPTDIR
@@ -26,6 +26,10 @@ if [ -f "$dir/reaper.pid" ] && [ "$(cat "$dir/reaper.pid")" != "$$" ]; then
   stop_pidfile reaper "$dir/reaper.pid" "$dir" 2 || true
 fi
 status=0
+# A node (node-up.sh) goes first: its kubelet and controllers need the API server to stop cleanly.
+if [ -d "$dir/node" ]; then
+  "$here/node-down.sh" "$dir" || status=1
+fi
 stop_pidfile kube-apiserver "$dir/kube-apiserver.pid" "$dir" "$timeout" || status=1
 stop_pidfile etcd "$dir/etcd.pid" "$dir" "$timeout" || status=1
 [ $status -eq 0 ] || die "some processes would not stop; $dir is kept"

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Starts a real, local Kubernetes control plane (etcd + kube-apiserver) on 127.0.0.1 only.
 #
-#   tests/cluster/up.sh [--dir DIR] [--owner-pid PID] [--timeout SECONDS]
+#   tests/cluster/up.sh [--dir DIR] [--owner-pid PID] [--timeout SECONDS] [--node [--images DIR]]
 #
 #   --dir DIR          where everything lives (data, certificates, logs, kubeconfig); must be
 #                      absent or empty. Default: a new directory from mktemp.
 #   --owner-pid PID    stop everything (down.sh) as soon as process PID exits, e.g. a test binary.
 #   --timeout SECONDS  how long to wait for /readyz (default: $GITDEV_CP_READY_TIMEOUT or 120).
+#   --node             also start a node: kube-controller-manager, kube-scheduler, containerd and
+#                      a kubelet (tests/cluster/node-up.sh; root only; docs/node.md).
+#   --images DIR       with --node: the image archives to load (default: target/images, made by
+#                      tests/cluster/images.sh).
 #
 # Writes DIR/kubeconfig (https://127.0.0.1:PORT, the CA, an admin token in system:masters) and
 # DIR/env (KEY=VALUE lines: KUBECONFIG, PIDs, ports). Stop with `tests/cluster/down.sh DIR`.
@@ -20,9 +24,9 @@ source "$here/lib.sh"
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-usage() { sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
-dir="" owner="" timeout=${GITDEV_CP_READY_TIMEOUT:-120}
+dir="" owner="" timeout=${GITDEV_CP_READY_TIMEOUT:-120} node=0 images=()
 while [ $# -gt 0 ]; do
   case $1 in
     --dir) [ $# -ge 2 ] || die "--dir needs a value"; dir=$2; shift 2 ;;
@@ -31,11 +35,15 @@ while [ $# -gt 0 ]; do
     --owner-pid=*) owner=${1#*=}; shift ;;
     --timeout) [ $# -ge 2 ] || die "--timeout needs a value"; timeout=$2; shift 2 ;;
     --timeout=*) timeout=${1#*=}; shift ;;
+    --node) node=1; shift ;;
+    --images) [ $# -ge 2 ] || die "--images needs a value"; images=(--images "$2"); shift 2 ;;
+    --images=*) images=(--images "${1#*=}"); shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
 [[ $timeout =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds, not '$timeout'"
+[ $node = 1 ] || [ ${#images[@]} = 0 ] || die "--images goes with --node"
 
 # --- What this needs from the machine -------------------------------------------------------
 kubectl=${KUBECTL:-kubectl}
@@ -121,7 +129,9 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
+# 10.96.0.1 and kubernetes.default.svc: the `kubernetes` Service, which pods of a local node
+# (node-up.sh) reach the server by, as in any cluster.
+subjectAltName = IP:127.0.0.1, DNS:localhost, IP:10.96.0.1, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 EOF
@@ -142,77 +152,6 @@ EOF
   printf '%s,gitdev-admin,gitdev-admin,"system:masters"\n' "$(openssl rand -hex 32)" >tokens.csv
 ) >"$dir/pki.log" 2>&1 || { cat "$dir/pki.log" >&2; die "openssl failed to make the certificates"; }
 token=$(cut -d, -f1 "$pki/tokens.csv")
-
-# --- Ports ------------------------------------------------------------------------------------
-# free_ports N: N distinct ports that are free on 127.0.0.1 right now. Someone may still take one
-# before our server binds it: start_server then sees "address already in use" and we retry.
-free_ports() {
-  if command -v python3 >/dev/null 2>&1; then
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))  # the kernel picks a free port; all are held until we print
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-  else
-    # Below the kernel's ephemeral range (32768+), so outgoing connections do not race us.
-    local picked=() p used
-    used=$(ss -Htan | awk '{ n = split($4, a, ":"); print a[n] }' | sort -u)
-    while [ ${#picked[@]} -lt "$1" ]; do
-      p=$((20000 + RANDOM % 12000))
-      grep -qx "$p" <<<"$used" && continue
-      [[ " ${picked[*]} " == *" $p "* ]] && continue
-      picked+=("$p")
-    done
-    echo "${picked[*]}"
-  fi
-}
-
-# listens PID PORT: process PID has a listening TCP socket on 127.0.0.1:PORT.
-listens() {
-  local out
-  out=$(ss -Hltnp "sport = :$2" 2>/dev/null) || return 1
-  [[ $out == *"pid=$1,"* ]]
-}
-
-# spawn NAME COMMAND...: runs COMMAND in the background in a session of its own (so that a Ctrl-C
-# meant for the caller does not reach it), with no terminal, its output in DIR/NAME.log and its
-# PID in DIR/NAME.pid.
-spawn() {
-  local name=$1 i
-  shift
-  rm -f "$dir/$name.pid"
-  # sh writes its own PID (setsid may fork, so $! could be wrong) and then becomes COMMAND.
-  # shellcheck disable=SC2016 # $$, $0 and $@ are for that sh
-  setsid sh -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$dir/$name.pid" "$@" \
-    </dev/null >"$dir/$name.log" 2>&1 &
-  for ((i = 0; i < 100; i++)); do [ -s "$dir/$name.pid" ] && return 0; sleep 0.05; done
-  fail "$name did not start"
-}
-
-# start_server NAME PORTS COMMAND...: runs COMMAND in its own session with its log in DIR/NAME.log
-# and its PID in DIR/NAME.pid, and waits until it listens on every one of PORTS.
-# Returns 0 when it does, 2 if it died of a port collision, and fails otherwise.
-start_server() {
-  local name=$1 ports=$2 pid p i ok
-  shift 2
-  spawn "$name" "$@"
-  pid=$(cat "$dir/$name.pid")
-  for ((i = 0; i < 600; i++)); do # 60 s
-    if ! pid_alive "$pid"; then
-      grep -q "address already in use" "$dir/$name.log" && return 2
-      fail "$name exited right after starting"
-    fi
-    ok=1
-    for p in $ports; do listens "$pid" "$p" || { ok=0; break; }; done
-    [ $ok = 1 ] && return 0
-    sleep 0.1
-  done
-  fail "$name did not listen on 127.0.0.1 port(s) $ports within 60 s"
-}
 
 # --- etcd ---------------------------------------------------------------------------------------
 for attempt in 1 2 3 4 5; do
@@ -266,6 +205,7 @@ EOF
 # authorizer: no kubelets). The service-account key pair makes the TokenRequest API work. The
 # service range is for ClusterIP allocation only; nothing routes there. No endpoint reconciler:
 # it would only complain that 127.0.0.1 is not a valid endpoint address. No /debug/pprof.
+# A node (node-up.sh) is reached at its address: its name resolves nowhere.
 # Priority and fairness stays on as in real clusters: turning it off saved ~10 MB and no
 # measurable start time.
 for attempt in 1 2 3 4 5; do
@@ -281,6 +221,7 @@ for attempt in 1 2 3 4 5; do
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range=10.96.0.0/24 \
     --endpoint-reconciler-type=none \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
     --profiling=false || rc=$?
   [ $rc = 0 ] && break
   [ "$attempt" = 5 ] && fail "kube-apiserver: ports kept colliding with other processes"
@@ -337,4 +278,8 @@ Kubernetes $KUBE_VERSION control plane ready at https://127.0.0.1:$apiserver_por
 EOF
 if [ -n "$owner" ]; then
   echo "  it stops by itself when PID $owner exits"
+fi
+if [ $node = 1 ]; then
+  # The control plane stays up if the node fails to start: its logs and the node's are in $dir.
+  "$here/node-up.sh" "$dir" "${images[@]}" || die "the node did not start (stop everything with: $here/down.sh $dir)"
 fi

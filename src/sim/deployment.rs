@@ -143,14 +143,19 @@ impl Deployment {
         }
     }
 
+    /// When it reached its terminal state, to the nanosecond (the wire rounds to seconds).
+    pub fn completed_at_exact(&self, now: Instant) -> Option<Timestamp> {
+        match (&self.cancelled, self.snapshot(now).completed_after) {
+            (Some(c), _) => Some(c.at),
+            (None, Some(after)) => Some(plus(self.created_at, after)),
+            (None, None) => None,
+        }
+    }
+
     /// `base_url` is the API base as the client sees it, e.g. `http://127.0.0.1:8080/v1`.
     pub fn details(&self, now: Instant, base_url: &str) -> GetResponse {
         let snap = self.snapshot(now);
-        let completed_at = match (&self.cancelled, snap.completed_after) {
-            (Some(c), _) => Some(wire_time(c.at)),
-            (None, Some(after)) => Some(wire_time(plus(self.created_at, after))),
-            (None, None) => None,
-        };
+        let completed_at = self.completed_at_exact(now).map(wire_time);
         GetResponse {
             id: self.id.to_string(),
             status: snap.status,

@@ -111,6 +111,38 @@ async fn a_deployment_walks_queued_building_deploying_success_with_short_phases(
 }
 
 #[tokio::test]
+async fn the_sim_listing_gives_exact_creation_and_completion_times_for_benchmarks() {
+    let sim = start(Duration::from_millis(300)).await;
+    let api = Api::new(&sim);
+    let c = api.created("main").await;
+    let exact = |v: &serde_json::Value, field: &str| -> Option<jiff::Timestamp> {
+        v[field].as_str().map(|s| s.parse().expect("RFC 3339 time"))
+    };
+    let running = api.all_deployments().await;
+    let created = exact(&running[0], "created_at_exact").expect("created_at_exact");
+    assert!(
+        running[0]
+            .get("completed_at_exact")
+            .is_none_or(|v| v.is_null())
+    );
+    // The wire's created_at is the exact time cut to whole seconds.
+    assert_eq!(
+        created.as_second(),
+        c.created_at.as_second(),
+        "{created} vs {}",
+        c.created_at
+    );
+    observe_statuses(&api, &c.id).await;
+    let done = api.all_deployments().await;
+    let completed = exact(&done[0], "completed_at_exact").expect("completed_at_exact once done");
+    // Three phases of 300 ms: exactly 900 ms after creation, to the nanosecond.
+    assert_eq!(
+        completed.duration_since(created),
+        jiff::SignedDuration::from_millis(900)
+    );
+}
+
+#[tokio::test]
 async fn a_fail_branch_ends_failed_after_building() {
     let sim = start(Duration::from_millis(400)).await;
     let api = Api::new(&sim);

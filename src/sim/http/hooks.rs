@@ -137,6 +137,10 @@ struct SimDeployment<'a> {
     details: GetResponse,
     env_vars: &'a BTreeMap<String, String>,
     created_by: &'a str,
+    /// The wire's times have whole seconds; benchmarks time the operator against these.
+    created_at_exact: Timestamp,
+    /// When it reached `success` or `failed` (or was cancelled); absent while in progress.
+    completed_at_exact: Option<Timestamp>,
 }
 
 impl<'a> SimDeployment<'a> {
@@ -145,6 +149,8 @@ impl<'a> SimDeployment<'a> {
             details: d.details(now, base),
             env_vars: &d.env_vars,
             created_by: &d.created_by,
+            created_at_exact: d.created_at,
+            completed_at_exact: d.completed_at_exact(now),
         }
     }
 }

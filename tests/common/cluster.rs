@@ -137,6 +137,12 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A local control plane of its own, for callers that want a clean one each time (the
+    /// benchmark, one per run); stop it with `local().stop()`.
+    pub fn start_fresh() -> Result<Cluster, String> {
+        Cluster::start_local()
+    }
+
     /// The kubeconfig file of this cluster.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

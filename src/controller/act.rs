@@ -1,6 +1,8 @@
 //! Acting on the remote deployments: create, cancel, prune history, delete on deletion. Each
 //! runs the step `decision::decide` chose and records what it did on the object.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use kube::runtime::events::EventType;
 
@@ -37,12 +39,25 @@ impl<A: DeploymentsApi> Round<'_, A> {
         let answer = {
             let coordination = &self.ctx.coordination;
             let _in_flight = coordination.create_gate(token, &request.branch).await;
-            let answer = self.ctx.api.create(token, &request).await;
-            if let Ok(created) = &answer {
+            self.ctx.api.create(token, &request).await.map(|created| {
+                let made = Arc::new(DeploymentDetails {
+                    logs_url: String::new(),
+                    deploy_url: created.url,
+                    id: created.id,
+                    status: created.status,
+                    project_id: created.project_id,
+                    branch: created.branch,
+                    commit_sha: created.commit_sha,
+                    build_duration: None,
+                    created_at: created.created_at,
+                    completed_at: None,
+                    cancelled_by: None,
+                    cancelled_at: None,
+                });
                 let uid = self.obj.metadata.uid.as_deref().unwrap_or_default();
-                coordination.note_created(&created.id, uid);
-            }
-            answer
+                coordination.note_created(uid, made.clone());
+                made
+            })
         };
         match answer {
             Ok(created) => {
@@ -62,20 +77,7 @@ impl<A: DeploymentsApi> Round<'_, A> {
                     ),
                 )
                 .await;
-                Ok(Observed::Found(Box::new(DeploymentDetails {
-                    logs_url: String::new(),
-                    deploy_url: created.url.clone(),
-                    id: created.id,
-                    status: created.status,
-                    project_id: created.project_id,
-                    branch: created.branch,
-                    commit_sha: created.commit_sha,
-                    build_duration: None,
-                    created_at: created.created_at,
-                    completed_at: None,
-                    cancelled_by: None,
-                    cancelled_at: None,
-                })))
+                Ok(Observed::Found(Box::new((*created).clone())))
             }
             Err(e) if e.class() == ErrorClass::OutcomeUnknown => Err(e),
             Err(e) => {

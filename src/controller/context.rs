@@ -18,7 +18,7 @@ use super::keys::{Key, KeyRing};
 use super::observe::Observer;
 use super::secret_cache::SecretCache;
 use super::state::{State, Trust};
-use crate::api::{ApiToken, DeploymentsApi};
+use crate::api::{ApiToken, DeploymentDetails, DeploymentsApi};
 use crate::metrics::Metrics;
 use crate::resource::{DEFAULT_CREDENTIALS_SECRET, GitDeployment};
 
@@ -200,14 +200,24 @@ pub struct Coordination {
     /// Creates under way or about to be, per token: observation yields to them.
     creates_pending: Mutex<HashMap<ApiToken, usize>>,
     create_gates: Gates,
-    /// Deployments this process created, by id, with the creating object's uid and when:
-    /// claimed before the object's own record of them reaches the store.
-    created_here: Mutex<HashMap<String, (String, Instant)>>,
+    /// Deployments this process created, by id: claimed before the object's own record of
+    /// them reaches the store.
+    created_here: Mutex<HashMap<String, Made>>,
     /// The last token that worked for each object (by uid): a namespace's teardown deletes
     /// its token Secret before its objects, and their cleanup still needs it.
     tokens: Mutex<HashMap<String, ApiToken>>,
     /// Shared, batched observation of in-flight deployments, per token.
     pub observer: Observer,
+}
+
+/// A deployment this process created.
+struct Made {
+    /// The creating object's uid.
+    by: String,
+    at: Instant,
+    /// What the create answered: the deployment as it is until a listing says otherwise, for
+    /// reconciles that read the object before its status mirrors it.
+    answer: Arc<DeploymentDetails>,
 }
 
 /// A poisoned lock only means another reconcile panicked while holding it; the maps it guards
@@ -250,7 +260,7 @@ impl Coordination {
     pub fn forget_object(&self, key: &ObjectKey, uid: &str, ids: &[String]) {
         self.forget_failures(key);
         lock(&self.tokens).remove(uid);
-        lock(&self.created_here).retain(|_, (by, _)| by != uid);
+        lock(&self.created_here).retain(|_, made| made.by != uid);
         self.observer.forget(ids);
     }
 
@@ -295,22 +305,37 @@ impl Coordination {
         (key, gate)
     }
 
-    /// Claims `id` for the object `uid` the moment its create was answered.
-    pub fn note_created(&self, id: &str, uid: &str) {
+    /// Claims `answer.id` for the object `uid` the moment its create was answered.
+    pub fn note_created(&self, uid: &str, answer: Arc<DeploymentDetails>) {
         let mut created = lock(&self.created_here);
-        created.retain(|_, (_, at)| at.elapsed() < CLAIM_MEMORY);
-        created.insert(id.to_string(), (uid.to_string(), Instant::now()));
+        created.retain(|_, made| made.at.elapsed() < CLAIM_MEMORY);
+        created.insert(
+            answer.id.clone(),
+            Made {
+                by: uid.to_string(),
+                at: Instant::now(),
+                answer,
+            },
+        );
     }
 
     /// The object (by uid) that created `id` in this process, while that is remembered.
     fn maker_of(&self, id: &str) -> Option<String> {
-        lock(&self.created_here).get(id).map(|(uid, _)| uid.clone())
+        lock(&self.created_here).get(id).map(|made| made.by.clone())
+    }
+
+    /// What the create of `id` by object `uid` answered, while that is remembered.
+    pub fn create_answer(&self, id: &str, uid: &str) -> Option<Arc<DeploymentDetails>> {
+        lock(&self.created_here)
+            .get(id)
+            .filter(|made| made.by == uid)
+            .map(|made| made.answer.clone())
     }
 
     fn created_by_others(&self, my_uid: &str) -> HashSet<String> {
         lock(&self.created_here)
             .iter()
-            .filter(|(_, (uid, _))| uid != my_uid)
+            .filter(|(_, made)| made.by != my_uid)
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -451,13 +476,39 @@ mod tests {
         assert!(lock(&c.creates_pending).is_empty());
     }
 
+    fn made(id: &str) -> Arc<DeploymentDetails> {
+        Arc::new(DeploymentDetails {
+            id: id.to_string(),
+            status: crate::api::DeploymentStatus::Queued,
+            project_id: "proj_8f3k29".into(),
+            branch: "main".into(),
+            commit_sha: "a1b2c3d".into(),
+            build_duration: None,
+            deploy_url: format!("https://{id}.git.dev"),
+            logs_url: String::new(),
+            created_at: jiff::Timestamp::now(),
+            completed_at: None,
+            cancelled_by: None,
+            cancelled_at: None,
+        })
+    }
+
+    #[test]
+    fn the_create_answer_is_kept_for_the_object_that_made_it_only() {
+        let c = Coordination::default();
+        c.note_created("uid-1", made("dep_1"));
+        assert_eq!(c.create_answer("dep_1", "uid-1").unwrap().id, "dep_1");
+        assert!(c.create_answer("dep_1", "uid-2").is_none());
+        assert!(c.create_answer("dep_2", "uid-1").is_none());
+    }
+
     #[test]
     fn forgetting_an_object_drops_its_backoff_and_its_claims() {
         let c = Coordination::default();
         let key = ("ns".to_string(), "web".to_string());
         c.next_backoff(key.clone());
-        c.note_created("dep_1", "uid-1");
-        c.note_created("dep_2", "uid-2");
+        c.note_created("uid-1", made("dep_1"));
+        c.note_created("uid-2", made("dep_2"));
         c.remember_token("uid-1", &ApiToken::new("sk_test_write"));
         c.forget_object(&key, "uid-1", &["dep_1".to_string()]);
         assert!(lock(&c.failures).is_empty());

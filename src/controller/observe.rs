@@ -9,16 +9,19 @@
 //! thousand objects converge without polling each one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::channel::mpsc::UnboundedSender;
 use jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
 
 use super::decision::{self, Observed};
 use super::round::Round;
 use crate::api::{
     ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentsApi, list_newest_back_to,
 };
+use crate::resource::{GitDeployment, GitDeploymentStatus};
 
 /// How long the details of a finished deployment (completion time, build duration) may wait
 /// for other deployments of the same token still in flight.
@@ -55,13 +58,19 @@ impl<A: DeploymentsApi> Round<'_, A> {
                     &mirrored.id,
                     mirrored.created_at,
                     max_age,
+                    Some(ObjectRef::from_obj(&self.obj)),
                 )
                 .await?;
             if let Some(Seen::Status(status)) = seen {
-                return Ok(Observed::Found(Box::new(DeploymentDetails {
-                    status,
-                    ..mirrored
-                })));
+                let listed = Observed::Found(Box::new(DeploymentDetails { status, ..mirrored }));
+                // Finished, and no create waits for budget: read its details now, so that
+                // `Ready` and the completion time go out in one status write. Under budget
+                // pressure they follow later, at observation priority (`details_pending`); and
+                // a failed read leaves them to that path rather than delay `Ready`.
+                if status.is_terminal() && !coordination.creates_pending(token) {
+                    return Ok(self.read(token).await.unwrap_or(listed));
+                }
+                return Ok(listed);
             }
         }
         self.read(token).await
@@ -72,6 +81,8 @@ impl<A: DeploymentsApi> Round<'_, A> {
         let Some(id) = self.state.id.clone() else {
             return Ok(Observed::Untracked);
         };
+        let mirrors = self.obj.status.as_ref().and_then(|s| s.status.as_deref());
+        tracing::debug!(object = %self.name(), %id, ?mirrors, "reading the deployment with a GET");
         match self.ctx.api.get(token, &id).await {
             Ok(d) => Ok(Observed::Found(Box::new(d))),
             Err(e) if e.is_not_found() => Ok(Observed::Missing { id }),
@@ -92,13 +103,17 @@ impl<A: DeploymentsApi> Round<'_, A> {
         })
     }
 
-    /// What `.status` already mirrors of the tracked deployment.
+    /// What `.status` already mirrors of the tracked deployment; for one this process has just
+    /// created, what its create answered until the status mirrors it (a reconcile may read the
+    /// object before its own status write is back through the watch: no GET for that).
     fn mirrored(&self) -> Option<DeploymentDetails> {
         let id = self.state.id.as_deref()?;
-        let s = self.obj.status.as_ref()?;
-        if s.deployment_id.as_deref() != Some(id) {
-            return None;
-        }
+        let mirrors = |s: &&GitDeploymentStatus| s.deployment_id.as_deref() == Some(id);
+        let Some(s) = self.obj.status.as_ref().filter(mirrors) else {
+            let uid = self.obj.metadata.uid.as_deref()?;
+            let answer = self.ctx.coordination.create_answer(id, uid)?;
+            return Some((*answer).clone());
+        };
         let status: DeploymentStatus = s.status.as_deref()?.parse().ok()?;
         Some(DeploymentDetails {
             id: id.to_string(),
@@ -125,10 +140,24 @@ pub enum Seen {
     Absent,
 }
 
+impl Seen {
+    /// Finished or gone: nothing later listings can add.
+    fn is_done(self) -> bool {
+        match self {
+            Seen::Status(s) => s.is_terminal(),
+            Seen::Absent => true,
+        }
+    }
+}
+
 /// The token's shared view of its in-flight deployments.
 #[derive(Default)]
 pub struct Observer {
     tokens: Mutex<HashMap<ApiToken, Arc<TokenView>>>,
+    /// Objects whose deployment a listing found finished (or gone) are sent here, to be
+    /// reconciled at once: the listing that one object's poll paid for tells the others, and
+    /// none waits for its own next poll to turn Ready.
+    wake: OnceLock<UnboundedSender<ObjectRef<GitDeployment>>>,
 }
 
 #[derive(Default)]
@@ -144,11 +173,26 @@ struct View {
     /// Oldest creation time the last listing reached back to.
     covered_since: Option<Timestamp>,
     seen: HashMap<String, DeploymentStatus>,
-    /// Deployments someone waits on, by creation time: how far back a listing must go.
-    wanted: HashMap<String, Timestamp>,
+    /// Deployments someone waits on: how far back a listing must go, and whom to wake.
+    wanted: HashMap<String, Wanted>,
+}
+
+struct Wanted {
+    created_at: Timestamp,
+    waiter: Option<ObjectRef<GitDeployment>>,
 }
 
 impl View {
+    /// The answer for `id` from this view; one that says it is finished (or gone) also ends
+    /// the wait on it, so that no later listing wakes its object again.
+    fn answer_once(&mut self, id: &str, created_at: Timestamp) -> Option<Seen> {
+        let seen = self.answer(id, created_at)?;
+        if seen.is_done() {
+            self.wanted.remove(id);
+        }
+        Some(seen)
+    }
+
     fn answer(&self, id: &str, created_at: Timestamp) -> Option<Seen> {
         match self.seen.get(id) {
             Some(s) => Some(Seen::Status(*s)),
@@ -164,8 +208,14 @@ impl Observer {
         tokens.entry(token.clone()).or_default().clone()
     }
 
+    /// Where objects to reconcile at once are sent (the controller's trigger); set once.
+    pub fn wake_into(&self, sender: UnboundedSender<ObjectRef<GitDeployment>>) {
+        let _ = self.wake.set(sender);
+    }
+
     /// The status of deployment `id` (created at `created_at`) as listed at most `max_age` ago.
-    /// `Ok(None)` when no listing could place it (then a GET decides).
+    /// `Ok(None)` when no listing could place it (then a GET decides). `waiter` is woken when
+    /// a later listing, made for anyone, finds the deployment finished or gone.
     pub async fn status<A: DeploymentsApi>(
         &self,
         api: &A,
@@ -173,47 +223,68 @@ impl Observer {
         id: &str,
         created_at: Timestamp,
         max_age: Duration,
+        waiter: Option<ObjectRef<GitDeployment>>,
     ) -> Result<Option<Seen>, ApiError> {
         let tv = self.view(token);
         let fresh = |v: &View| v.refreshed.is_some_and(|t| t.elapsed() <= max_age);
         {
             let mut v = tv.view.lock().unwrap_or_else(|e| e.into_inner());
-            v.wanted.insert(id.to_string(), created_at);
+            v.wanted
+                .insert(id.to_string(), Wanted { created_at, waiter });
             if fresh(&v)
-                && let Some(seen) = v.answer(id, created_at)
+                && let Some(seen) = v.answer_once(id, created_at)
             {
                 return Ok(Some(seen));
+            }
+            // The listing this caller waits for answers it; waking it as well would only run
+            // its reconcile again at once, on an object its own writes have not reached yet.
+            if let Some(w) = v.wanted.get_mut(id) {
+                w.waiter = None;
             }
         }
         let _flight = tv.refresh.lock().await;
         {
             // Someone else refreshed while we waited for the flight.
-            let v = tv.view.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v = tv.view.lock().unwrap_or_else(|e| e.into_inner());
             if fresh(&v)
-                && let Some(seen) = v.answer(id, created_at)
+                && let Some(seen) = v.answer_once(id, created_at)
             {
                 return Ok(Some(seen));
             }
         }
         let oldest = {
             let v = tv.view.lock().unwrap_or_else(|e| e.into_inner());
-            v.wanted.values().min().copied().unwrap_or(created_at)
+            v.wanted
+                .values()
+                .map(|w| w.created_at)
+                .min()
+                .unwrap_or(created_at)
         };
         let (seen, covered_since) = list_back_to(api, token, oldest).await?;
         let mut v = tv.view.lock().unwrap_or_else(|e| e.into_inner());
         v.refreshed = Some(Instant::now());
         v.covered_since = covered_since;
         v.seen = seen;
-        // Finished and vanished deployments need no more listing on their account.
+        // Finished and vanished deployments need no more listing on their account; their
+        // objects (but those waiting for this listing, who have their answer) are reconciled
+        // now rather than at their next poll.
         let View {
             seen,
             wanted,
             covered_since,
             ..
         } = &mut *v;
-        wanted.retain(|wid, at| match seen.get(wid) {
-            Some(s) => !s.is_terminal(),
-            None => !covered_since.is_some_and(|c| c <= *at),
+        let wake = self.wake.get();
+        wanted.retain(|wid, w| {
+            let done = match seen.get(wid) {
+                Some(s) => Seen::Status(*s).is_done(),
+                None => covered_since.is_some_and(|c| c <= w.created_at),
+            };
+            if done && let (Some(wake), Some(waiter)) = (wake, w.waiter.take()) {
+                // The controller may be shutting down; its next start polls anyway.
+                let _ = wake.unbounded_send(waiter);
+            }
+            !done
         });
         Ok(v.answer(id, created_at))
     }

@@ -248,6 +248,8 @@ pub async fn run<A: DeploymentsApi>(
         Some(reader.clone()),
     )
     .watching_secrets(secret_versions);
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    ctx.coordination.observer.wake_into(wake);
     let ctx = Arc::new(ctx);
     let mapper_ctx = ctx.clone();
     let ready_reader = reader.clone();
@@ -283,6 +285,7 @@ pub async fn run<A: DeploymentsApi>(
                 .map(|o| ObjectRef::from_obj(&*o))
                 .collect::<Vec<_>>()
         })
+        .reconcile_on(woken)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {

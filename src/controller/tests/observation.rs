@@ -42,7 +42,7 @@ mod batched_observation {
         let now = wire_now();
         let asks = ids
             .iter()
-            .map(|id| observer.status(&api, &token, id, now, Duration::from_secs(5)));
+            .map(|id| observer.status(&api, &token, id, now, Duration::from_secs(5), None));
         let answers = futures::future::join_all(asks).await;
         for a in answers {
             assert_eq!(a.unwrap(), Some(Seen::Status(Remote::Building)));
@@ -57,7 +57,14 @@ mod batched_observation {
         let observer = Observer::default();
         let token = ApiToken::new("sk_test_write");
         let seen = observer
-            .status(&api, &token, "dep_gone", wire_now(), Duration::from_secs(5))
+            .status(
+                &api,
+                &token,
+                "dep_gone",
+                wire_now(),
+                Duration::from_secs(5),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(seen, Some(Seen::Absent));
@@ -75,11 +82,75 @@ mod batched_observation {
         let token = ApiToken::new("sk_test_write");
         let created = api.state().deployments[0].created_at;
         let seen = observer
-            .status(&api, &token, &old, created, Duration::from_secs(5))
+            .status(&api, &token, &old, created, Duration::from_secs(5), None)
             .await
             .unwrap();
         assert_eq!(seen, Some(Seen::Status(Remote::Deploying)));
         assert_eq!(api.take_calls(), ["list", "list"]);
+    }
+
+    #[tokio::test]
+    async fn a_listing_made_for_one_object_wakes_the_others_whose_deployment_finished() {
+        use kube::runtime::reflector::ObjectRef;
+        let api = fake();
+        let ids: Vec<String> = (0..4)
+            .map(|_| api.add("main", None, Remote::Deploying))
+            .collect();
+        let object = |i: usize| ObjectRef::new(&format!("app-{i}")).within("team");
+        let observer = Observer::default();
+        let (wake, mut woken) = futures::channel::mpsc::unbounded();
+        observer.wake_into(wake);
+        let token = ApiToken::new("sk_test_write");
+        let now = wire_now();
+        for (i, id) in ids.iter().enumerate() {
+            observer
+                .status(
+                    &api,
+                    &token,
+                    id,
+                    now,
+                    Duration::from_secs(60),
+                    Some(object(i)),
+                )
+                .await
+                .unwrap();
+        }
+        api.set_status(&ids[0], Remote::Success);
+        api.set_status(&ids[1], Remote::Success);
+        api.set_status(&ids[2], Remote::Failed);
+        // Object 0's poll pays for the listing: it has its answer; 1 and 2 are woken, 3 (still
+        // deploying) is not.
+        let seen = observer
+            .status(&api, &token, &ids[0], now, Duration::ZERO, Some(object(0)))
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(Seen::Status(Remote::Success)));
+        let mut refs = Vec::new();
+        while let Ok(r) = woken.try_recv() {
+            refs.push(r);
+        }
+        refs.sort_by_key(|r| r.name.clone());
+        assert_eq!(refs, [object(1), object(2)]);
+        // Woken, object 1 reads the fresh view; that answer ends its wait, and neither it nor
+        // anyone already woken is woken again by the next listing.
+        let again = observer
+            .status(
+                &api,
+                &token,
+                &ids[1],
+                now,
+                Duration::from_secs(60),
+                Some(object(1)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, Some(Seen::Status(Remote::Success)));
+        api.set_status(&ids[3], Remote::Success);
+        observer
+            .status(&api, &token, &ids[3], now, Duration::ZERO, Some(object(3)))
+            .await
+            .unwrap();
+        assert!(woken.try_recv().is_err(), "nobody else to wake");
     }
 
     #[tokio::test]
@@ -91,13 +162,13 @@ mod batched_observation {
         let now = wire_now();
         for _ in 0..3 {
             observer
-                .status(&api, &token, &id, now, Duration::from_secs(60))
+                .status(&api, &token, &id, now, Duration::from_secs(60), None)
                 .await
                 .unwrap();
         }
         assert_eq!(api.take_calls(), ["list"]);
         observer
-            .status(&api, &token, &id, now, Duration::ZERO)
+            .status(&api, &token, &id, now, Duration::ZERO, None)
             .await
             .unwrap();
         assert_eq!(api.take_calls(), ["list"]);

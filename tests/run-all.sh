@@ -27,9 +27,37 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+step "cargo test: building every target"
+cargo test --all-targets --no-run
+
+# The later steps' builds (promtool, the node's Go binaries, the images' static release
+# binaries) are most of a cold run. They start now, niced, beside the tests, which spend most of
+# their time waiting on the processes they drive; on a machine that has them cached they cost
+# nothing. The static build has a target directory of its own so that it never waits for the
+# lock of the one the tests use.
+mkdir -p target
+later_log="$root/target/run-all-later-builds.log"
+(
+  set -e
+  nice -n 10 tests/monitoring/promtool.sh
+  nice -n 10 tests/cluster/build.sh --node
+  if [ "$(id -u)" = 0 ]; then
+    CARGO_TARGET_DIR="$root/target/image-build" nice -n 10 tests/cluster/images.sh
+  fi
+) >"$later_log" 2>&1 &
+later=$!
+trap 'kill $later 2>/dev/null || true' EXIT
+later_builds() {
+  wait "$later" || { cat "$later_log" >&2; die "a build for the later steps failed (above; $later_log)"; }
+  trap - EXIT
+}
+
 step "cargo test (unit, CRD drift, simulator, client, control plane, operator end to end)"
 # Every suite runs even when one fails, so that one run shows every failure.
 cargo test --all-targets --no-fail-fast
+
+step "waiting for the builds of the later steps (promtool, the node, the images)"
+later_builds
 
 step "promtool: the chart's alert rules checked and unit-tested by Prometheus' own code"
 tests/monitoring/check.sh
@@ -37,7 +65,6 @@ tests/monitoring/check.sh
 step "the images (buildah) and the chart on a real node (kubelet + containerd): tests/operator_node.rs"
 # Root only, as CI runs: the node needs containerd, network namespaces and a bridge.
 [ "$(id -u)" = 0 ] || die "the node step needs root (docs/node.md); CI runs as root"
-tests/cluster/images.sh
 cargo test --test operator_node -- --ignored
 
 step "schemathesis against the simulator's OpenAPI document"

@@ -45,11 +45,14 @@ target=x86_64-unknown-linux-gnu
 log "building static gitdev-operator and gitdev-sim (release, $target)"
 (cd "$root" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
   --target "$target" --bin gitdev-operator --bin gitdev-sim)
+# Where cargo put them: CARGO_TARGET_DIR when set (relative to the repository, as cargo reads it).
+build_dir=${CARGO_TARGET_DIR:-target}
+case $build_dir in /*) ;; *) build_dir="$root/$build_dir" ;; esac
 context="$root/target/image-context"
 rm -rf "$context"
 mkdir -p "$context/out/etc/ssl/certs"
 for b in gitdev-operator gitdev-sim; do
-  cp "$root/target/$target/release/$b" "$context/out/$b"
+  cp "$build_dir/$target/release/$b" "$context/out/$b"
   # A dynamic executable names its loader near its start; a static one has none and runs FROM scratch.
   if LC_ALL=C head -c 4096 "$context/out/$b" | grep -q 'ld-linux'; then
     die "$b is not static (RUSTFLAGS=-C target-feature=+crt-static did not apply)"

@@ -221,6 +221,20 @@ fn summarize(w: &Workload, runs: &[RunFigures]) -> Report {
     );
     let made = Spread::of(&each(|f| f.apply_seconds)).map(|s| s.show(" s", 1));
     r.figure("objects made in", made.unwrap_or_default(), None);
+    // The operator's share: from the moment the last object existed.
+    let after_made: Vec<f64> = runs
+        .iter()
+        .map(|f| {
+            f.all_ready_seconds
+                .map_or(f64::INFINITY, |t| t - f.apply_seconds)
+                / floor
+        })
+        .collect();
+    r.figure(
+        "all Ready after the objects were made / floor",
+        Spread::of(&after_made).map_or("never".into(), |s| s.show(" ×", 2)),
+        None,
+    );
     let last_post = each(|f| f.last_post_after_apply);
     if w.budget_for_all() {
         let (value, verdict) = at_most(&last_post, 1.0, false, " s", 2);

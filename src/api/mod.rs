@@ -174,6 +174,13 @@ pub trait DeploymentsApi: Send + Sync + 'static {
         token: &ApiToken,
         id: &str,
     ) -> impl Future<Output = Result<String, ApiError>> + Send;
+
+    /// Whether this process may write now. A replica that lost the leader Lease must not
+    /// write to Kubernetes either: a reconcile it had under way when it froze would put its
+    /// stale view over the new leader's status.
+    fn may_write(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,15 @@ pub enum Error {
         name: String,
         message: String,
     },
+    /// This replica lost the leader Lease: it writes nothing more (the new leader does).
+    #[error(
+        "not writing the {write} of {namespace}/{name}: this replica does not hold the leader Lease"
+    )]
+    NotLeading {
+        namespace: String,
+        name: String,
+        write: &'static str,
+    },
     #[error("finalizer {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -84,6 +93,7 @@ impl Error {
             Error::Api { source, .. } => source.category(),
             Error::CleanupPending { .. } => "cleanup_pending",
             Error::Panicked { .. } => "panic",
+            Error::NotLeading { .. } => "not_leading",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),

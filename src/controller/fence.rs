@@ -110,4 +110,8 @@ impl<A: DeploymentsApi> DeploymentsApi for Fenced<A> {
     ) -> impl Future<Output = Result<String, ApiError>> + Send {
         self.inner.logs(token, id)
     }
+
+    fn may_write(&self) -> bool {
+        self.fence.holds() && self.inner.may_write()
+    }
 }

@@ -149,6 +149,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         if self.state.is_recorded_on(&self.obj, key) {
             return Ok(());
         }
+        self.may_write("state annotation")?;
         let mut patch = json!({
             "metadata": {
                 "resourceVersion": self.obj.resource_version(),
@@ -178,12 +179,26 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
         Ok(())
     }
 
+    /// Refuses a Kubernetes write once this replica no longer holds the leader Lease.
+    fn may_write(&self, write: &'static str) -> Result<(), Error> {
+        if self.ctx.api.may_write() {
+            Ok(())
+        } else {
+            Err(Error::NotLeading {
+                namespace: self.namespace.clone(),
+                name: self.name(),
+                write,
+            })
+        }
+    }
+
     /// Adds the cleanup finalizer, if no state write of this round carried it (a JSON patch
     /// guarded by a test of the list as read, as kube-runtime's finalizer helper makes it).
     async fn ensure_finalizer(&mut self) -> Result<(), Error> {
         if !self.finalizer_due {
             return Ok(());
         }
+        self.may_write("finalizer")?;
         let ops = match self.obj.metadata.finalizers.as_deref() {
             None | Some([]) => json!([
                 {"op": "test", "path": "/metadata/finalizers", "value": null},
@@ -358,6 +373,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             _ => {}
         }
         if status != previous {
+            self.may_write("status")?;
             let patch = json!({
                 "apiVersion": "git.dev/v1alpha1",
                 "kind": "Deployment",

@@ -23,6 +23,26 @@ async fn a_deployment_deleted_behind_the_operators_back_is_reported_not_recreate
     assert_eq!(h.api().take_calls(), ["get dep_1"]);
 }
 
+#[tokio::test]
+async fn a_replica_that_lost_the_lease_puts_no_status_over_the_new_leaders() {
+    let mut h = Harness::new(tracking(spec(json!({})), "dep_1"));
+    h.api()
+        .lease_lost
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // It may still read and tell (an event), but its view is stale: no status write.
+    let err = h
+        .reconcile(vec![
+            Expect::get_secret(CREDENTIALS),
+            Expect::event_noting("Warning", "RemoteDeleted", &["dep_1"]),
+        ])
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.category(), "not_leading", "{err}");
+    assert!(err.to_string().contains("status"), "{err}");
+}
+
 mod batched_observation {
     use super::super::support::*;
     use crate::controller::observe::{Observer, Seen};

@@ -37,6 +37,8 @@ pub struct FakeState {
 pub struct FakeApi {
     pub inner: Mutex<FakeState>,
     pub timeline: Timeline,
+    /// Set: this replica lost the leader Lease (`may_write` says no).
+    pub lease_lost: std::sync::atomic::AtomicBool,
 }
 
 pub fn api_error(endpoint: Endpoint, status: u16, code: &str) -> ApiError {
@@ -59,6 +61,7 @@ impl FakeApi {
         FakeApi {
             inner: Mutex::default(),
             timeline,
+            lease_lost: Default::default(),
         }
     }
 
@@ -310,5 +313,9 @@ impl DeploymentsApi for FakeApi {
         self.deployment(id)
             .map(|d| log.unwrap_or_else(|| format!("logs of {}", d.id)))
             .ok_or_else(|| Self::not_found(Endpoint::Logs))
+    }
+
+    fn may_write(&self) -> bool {
+        !self.lease_lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -37,16 +37,18 @@ cargo test --all-targets --no-run
 # lock of the one the tests use.
 mkdir -p target
 later_log="$root/target/run-all-later-builds.log"
-(
+# In a process group of their own (setsid), so that a failing run stops them all, builds
+# included, and leaves nothing running behind it.
+setsid bash -c '
   set -e
   nice -n 10 tests/monitoring/promtool.sh
   nice -n 10 tests/cluster/build.sh --node
   if [ "$(id -u)" = 0 ]; then
-    CARGO_TARGET_DIR="$root/target/image-build" nice -n 10 tests/cluster/images.sh
+    CARGO_TARGET_DIR="$1/target/image-build" nice -n 10 tests/cluster/images.sh
   fi
-) >"$later_log" 2>&1 &
+' later-builds "$root" >"$later_log" 2>&1 &
 later=$!
-trap 'kill $later 2>/dev/null || true' EXIT
+trap 'kill -- -$later 2>/dev/null || true' EXIT
 later_builds() {
   wait "$later" || { cat "$later_log" >&2; die "a build for the later steps failed (above; $later_log)"; }
   trap - EXIT

@@ -62,15 +62,14 @@ impl<A: DeploymentsApi> Round<'_, A> {
                 )
                 .await?;
             if let Some(Seen::Status(status)) = seen {
-                let listed = Observed::Found(Box::new(DeploymentDetails { status, ..mirrored }));
-                // Finished, and no create waits for budget: read its details now, so that
-                // `Ready` and the completion time go out in one status write. Under budget
-                // pressure they follow later, at observation priority (`details_pending`); and
-                // a failed read leaves them to that path rather than delay `Ready`.
-                if status.is_terminal() && !coordination.creates_pending(token) {
-                    return Ok(self.read(token).await.unwrap_or(listed));
-                }
-                return Ok(listed);
+                // Ready at once; the details only a GET gives follow at observation priority
+                // (`details_pending`). Reading them first saved a status write per deployment
+                // when the budget was plentiful, but with 1,000 finished deployments waiting
+                // for budget their GETs held every Ready back by a minute.
+                return Ok(Observed::Found(Box::new(DeploymentDetails {
+                    status,
+                    ..mirrored
+                })));
             }
         }
         self.read(token).await

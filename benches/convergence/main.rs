@@ -161,6 +161,15 @@ fn ms(d: &Option<Dist>) -> String {
     }
 }
 
+/// `name 1.23, other 0.45`: a per-deployment breakdown on one line.
+fn per_part(parts: &std::collections::BTreeMap<String, f64>) -> String {
+    parts
+        .iter()
+        .map(|(name, c)| format!("{name} {c:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn print_run(w: &Workload, f: &RunFigures) {
     let floor = w.floor();
     match f.all_ready_seconds {
@@ -180,22 +189,14 @@ fn print_run(w: &Workload, f: &RunFigures) {
     println!(
         "  {:.2} requests / deployment ({}), {} × 429, {} remote deployments",
         f.requests_per_deployment,
-        f.requests_by_route
-            .iter()
-            .map(|(r, c)| format!("{r} {c:.2}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        per_part(&f.requests_by_route),
         f.rate_limited,
         f.remote_deployments
     );
     println!(
         "  {:.2} Kubernetes writes / deployment ({}) for {:.2} remote transitions; Secret reads: {} API, {} cache",
         f.writes_per_deployment,
-        f.writes_by_kind
-            .iter()
-            .map(|(k, c)| format!("{k} {c:.2}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        per_part(&f.writes_by_kind),
         f.transitions_per_deployment,
         f.secret_reads_api,
         f.secret_reads_cache

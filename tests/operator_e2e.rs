@@ -228,3 +228,49 @@ fn reapplying_the_same_manifest_ten_times_creates_exactly_one_remote_deployment(
     let stats = w.sim.stats().to_string();
     assert!(stats.contains("POST /v1/deployments"), "{stats}");
 }
+
+#[tokio::test]
+async fn an_event_said_again_in_other_words_becomes_a_series_that_keeps_the_first_note() {
+    use gitdev::controller::events::{Event, EventType, Recorder};
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::Api;
+
+    let cluster = common::cluster();
+    let ns = cluster.namespace("e2e-events").await;
+    let client = cluster.client().await;
+    let recorder = Recorder::new(client.clone(), "gitdev-operator", None);
+    let regarding = ObjectReference {
+        api_version: Some("git.dev/v1alpha1".into()),
+        kind: Some("Deployment".into()),
+        namespace: Some(ns.name().to_string()),
+        name: Some("web".into()),
+        uid: Some("2c1b0f5e-0000-4000-8000-000000000001".into()),
+        ..ObjectReference::default()
+    };
+    // The API server refuses any change to an event's note: a repeat must not send one.
+    for note in [
+        "waiting 10s for the API token's rate limit before create",
+        "waiting 2s for the API token's rate limit before create",
+    ] {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "RateLimited",
+            action: "RateLimited",
+            note,
+        };
+        recorder
+            .publish(&event, &regarding)
+            .await
+            .unwrap_or_else(|e| panic!("publishing {note:?}: {e}"));
+    }
+    let events: Api<K8sEvent> = Api::namespaced(client, ns.name());
+    let listed = events.list(&Default::default()).await.expect("events");
+    assert_eq!(listed.items.len(), 1, "{:?}", listed.items);
+    let event = &listed.items[0];
+    assert_eq!(event.series.as_ref().map(|s| s.count), Some(2));
+    assert_eq!(
+        event.note.as_deref(),
+        Some("waiting 10s for the API token's rate limit before create")
+    );
+}

@@ -56,7 +56,6 @@ struct Series {
 /// What is remembered of a published event to make it a series.
 struct Published {
     name: String,
-    event_time: Timestamp,
     count: i32,
     last: Instant,
 }
@@ -97,11 +96,7 @@ impl Recorder {
         let published = match earlier {
             Some(mut p) => {
                 p.count = p.count.saturating_add(1);
-                let mut body = self.body(event, regarding, &p.name, p.event_time);
-                body.series = Some(EventSeries {
-                    count: p.count,
-                    last_observed_time: MicroTime(Timestamp::now()),
-                });
+                let body = series_patch(p.count, Timestamp::now());
                 api.patch(&p.name, &PatchParams::default(), &Patch::Merge(&body))
                     .await?;
                 p.last = now;
@@ -118,7 +113,6 @@ impl Recorder {
                 api.create(&PostParams::default(), &body).await?;
                 Published {
                     name,
-                    event_time,
                     count: 1,
                     last: now,
                 }
@@ -177,6 +171,17 @@ impl Series {
         self.by_key
             .retain(|_, p| now.duration_since(p.last) < SERIES_WINDOW);
     }
+}
+
+/// The patch that makes a published event a series of `count`. Only the series: the API
+/// server refuses any change to an event's note (and the rest is the first event's anyway).
+fn series_patch(count: i32, last_observed: Timestamp) -> serde_json::Value {
+    serde_json::json!({
+        "series": EventSeries {
+            count,
+            last_observed_time: MicroTime(last_observed),
+        }
+    })
 }
 
 /// The series an event belongs to: the object (not its version), type, reason and action.
@@ -250,12 +255,23 @@ mod tests {
     }
 
     #[test]
+    fn a_series_patch_changes_only_the_count_and_time_never_the_immutable_note() {
+        let at: Timestamp = "2026-12-03T10:00:00Z".parse().unwrap();
+        let patch = series_patch(3, at);
+        assert_eq!(
+            patch,
+            serde_json::json!({
+                "series": {"count": 3, "lastObservedTime": "2026-12-03T10:00:00.000000Z"}
+            })
+        );
+    }
+
+    #[test]
     fn old_series_are_swept_at_most_once_per_interval() {
         let start = Instant::now();
         let mut s = Series::default();
         let published = |last| Published {
             name: "web.1".into(),
-            event_time: Timestamp::now(),
             count: 1,
             last,
         };

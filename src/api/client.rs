@@ -27,12 +27,12 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::classify::{self, BodyFailure, TransportFailure, Verdict};
-use super::ratelimit::{Budget, BudgetSnapshot, RateLimitHeaders, RateLimiter};
+use super::ratelimit::{Budget, BudgetSnapshot, Permit, RateLimitHeaders, RateLimiter};
 use super::types::{
     CancelledDeployment, CreateDeploymentRequest, CreatedDeployment, DeploymentDetails,
     DeploymentList, ListQuery,
 };
-use super::{ApiError, ApiToken, DeploymentsApi, Endpoint};
+use super::{ApiError, ApiToken, CreateSlot, DeploymentsApi, Endpoint};
 
 /// Production base URL of the API.
 pub const DEFAULT_BASE_URL: &str = "https://api.git.dev/v1";
@@ -331,6 +331,23 @@ impl HttpClient {
         query: Option<&ListQuery>,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Vec<u8>), ApiError> {
+        self.execute_with(None, endpoint, token, method, url, query, body)
+            .await
+    }
+
+    /// [`Self::execute`], whose first attempt spends `reserved` (budget taken beforehand)
+    /// instead of waiting for its own.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute_with(
+        &self,
+        mut reserved: Option<Permit>,
+        endpoint: Endpoint,
+        token: &ApiToken,
+        method: Method,
+        url: Url,
+        query: Option<&ListQuery>,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Vec<u8>), ApiError> {
         let config = &self.inner.config;
         let policy = &config.retry;
         let mut auth =
@@ -344,10 +361,15 @@ impl HttpClient {
         let mut rate_limited = 0u32;
         let mut attempt = 0u32;
         loop {
-            let permit = match budget
-                .acquire(endpoint.default_priority(), config.max_budget_wait)
-                .await
-            {
+            let acquired = match reserved.take() {
+                Some(permit) => Ok(permit),
+                None => {
+                    budget
+                        .acquire(endpoint.default_priority(), config.max_budget_wait)
+                        .await
+                }
+            };
+            let permit = match acquired {
                 Ok(permit) => {
                     self.notify_wait(endpoint, permit.waited());
                     permit
@@ -541,19 +563,60 @@ impl DeploymentsApi for HttpClient {
         token: &ApiToken,
         request: &CreateDeploymentRequest,
     ) -> Result<CreatedDeployment, ApiError> {
+        self.create_with(token, request, CreateSlot::unbudgeted())
+            .await
+    }
+
+    async fn reserve_create(&self, token: &ApiToken) -> Result<CreateSlot, ApiError> {
+        let budget = self.budget_of(token);
+        match budget
+            .acquire(
+                Endpoint::Create.default_priority(),
+                self.inner.config.max_budget_wait,
+            )
+            .await
+        {
+            Ok(permit) => {
+                self.notify_wait(Endpoint::Create, permit.waited());
+                Ok(CreateSlot::budgeted(permit))
+            }
+            Err(throttled) => {
+                self.notify_wait(Endpoint::Create, throttled.waited);
+                tracing::debug!(
+                    token = budget.fingerprint(),
+                    retry_after_ms = millis(throttled.retry_after),
+                    "no rate budget for a create within max_budget_wait; nothing recorded"
+                );
+                Err(ApiError::Throttled {
+                    endpoint: Endpoint::Create,
+                    retry_after: throttled.retry_after,
+                })
+            }
+        }
+    }
+
+    async fn create_with(
+        &self,
+        token: &ApiToken,
+        request: &CreateDeploymentRequest,
+        slot: CreateSlot,
+    ) -> Result<CreatedDeployment, ApiError> {
         let body = serde_json::to_vec(request)
             .map_err(|e| ApiError::Config(format!("create request: {e}")))?;
+        let (status, body) = self
+            .execute_with(
+                slot.into_permit(),
+                Endpoint::Create,
+                token,
+                Method::POST,
+                self.url(&["deployments"]),
+                None,
+                Some(body),
+            )
+            .await?;
         // An unreadable 2xx to a create is an unknown outcome, not a decode error: see
         // `classify::decode`.
-        self.call_json(
-            Endpoint::Create,
-            token,
-            Method::POST,
-            self.url(&["deployments"]),
-            None,
-            Some(body),
-        )
-        .await
+        classify::decode(Endpoint::Create, status, &body)
     }
 
     async fn list(&self, token: &ApiToken, query: &ListQuery) -> Result<DeploymentList, ApiError> {

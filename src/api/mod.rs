@@ -135,6 +135,36 @@ impl Endpoint {
     }
 }
 
+/// A create's share of its token's rate budget, taken before anything about the create is
+/// written (see [`DeploymentsApi::reserve_create`]). Dropped unused, it gives the share back.
+#[derive(Debug)]
+#[must_use]
+pub struct CreateSlot(Option<ratelimit::Permit>);
+
+impl CreateSlot {
+    /// A slot that holds no budget: the create waits for its own when it is sent.
+    pub fn unbudgeted() -> Self {
+        Self(None)
+    }
+
+    pub fn budgeted(permit: ratelimit::Permit) -> Self {
+        Self(Some(permit))
+    }
+
+    /// The budget held, to be spent by the create's first attempt.
+    pub fn into_permit(mut self) -> Option<ratelimit::Permit> {
+        self.0.take()
+    }
+}
+
+impl Drop for CreateSlot {
+    fn drop(&mut self) {
+        if let Some(permit) = self.0.take() {
+            permit.unused();
+        }
+    }
+}
+
 /// The calls the operator makes. Every call names the token it spends, because the operator
 /// serves objects of many namespaces with different tokens.
 pub trait DeploymentsApi: Send + Sync + 'static {
@@ -143,6 +173,29 @@ pub trait DeploymentsApi: Send + Sync + 'static {
         token: &ApiToken,
         request: &CreateDeploymentRequest,
     ) -> impl Future<Output = Result<CreatedDeployment, ApiError>> + Send;
+
+    /// Waits (at most the client's budget patience) for a create's share of `token`'s rate
+    /// budget, so that an object records its intent to create only once it can send the
+    /// create: one waiting for budget writes nothing meanwhile. Refused with
+    /// [`ApiError::Throttled`] when the wait would be longer.
+    fn reserve_create(
+        &self,
+        token: &ApiToken,
+    ) -> impl Future<Output = Result<CreateSlot, ApiError>> + Send {
+        let _ = token;
+        std::future::ready(Ok(CreateSlot::unbudgeted()))
+    }
+
+    /// [`Self::create`], spending the budget `slot` holds.
+    fn create_with(
+        &self,
+        token: &ApiToken,
+        request: &CreateDeploymentRequest,
+        slot: CreateSlot,
+    ) -> impl Future<Output = Result<CreatedDeployment, ApiError>> + Send {
+        drop(slot);
+        self.create(token, request)
+    }
 
     fn list(
         &self,

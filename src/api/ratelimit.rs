@@ -233,6 +233,12 @@ impl BucketMirror {
         self.tokens = if retry_after.is_zero() { 0.0 } else { 1.0 };
     }
 
+    /// A call that took a token was not sent after all: the token is there again.
+    pub(crate) fn unused(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.capacity);
+        self.finished();
+    }
+
     pub(crate) fn finished(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
@@ -576,6 +582,17 @@ impl Permit {
     }
 }
 
+impl Permit {
+    /// Nothing was sent with this permit: its token goes back to the bucket, for the next
+    /// call in line.
+    pub fn unused(mut self) {
+        let mut st = self.budget.lock();
+        st.bucket.unused();
+        self.open = false;
+        st.wake_head();
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.open {
@@ -908,6 +925,26 @@ mod tests {
         assert_eq!(snap.in_flight, 0);
         assert!(snap.synced);
         assert!(snap.remaining >= 19.0 && snap.remaining < 19.1);
+    }
+
+    #[tokio::test]
+    async fn a_permit_given_back_unused_lets_the_next_call_in_at_once() {
+        let budget = empty_budget(1); // one token a minute
+        budget.lock().bucket.tokens = 1.0;
+        let permit = budget
+            .acquire(Priority::Create, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(
+            budget
+                .acquire(Priority::Create, Duration::ZERO)
+                .await
+                .is_err()
+        );
+        permit.unused();
+        assert_eq!(budget.snapshot().in_flight, 0);
+        let again = budget.acquire(Priority::Create, Duration::ZERO).await;
+        assert!(again.is_ok(), "the token given back is taken again");
     }
 
     #[tokio::test]

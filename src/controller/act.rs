@@ -18,12 +18,16 @@ use crate::api::{
 impl<A: DeploymentsApi> Round<'_, A> {
     /// Record the intent, send the create, record the id: in that order, each durable before
     /// the next, so that no crash can leave a deployment the object does not know to look for.
+    /// The create's rate budget is taken first: an object waiting for it writes nothing (with
+    /// hundreds waiting on a Starter token, recording and withdrawing intents each time the
+    /// wait ran out cost eight writes per deployment and conflicts with the other writes).
     pub async fn create(
         &mut self,
         token: &ApiToken,
         desired: &DesiredDeployment,
         fingerprint: &str,
     ) -> Result<Observed, ApiError> {
+        let slot = self.ctx.api.reserve_create(token).await?;
         self.state.intent = Some(Intent {
             fingerprint: fingerprint.to_string(),
             at: Timestamp::now(),
@@ -39,7 +43,8 @@ impl<A: DeploymentsApi> Round<'_, A> {
         let answer = {
             let coordination = &self.ctx.coordination;
             let _in_flight = coordination.create_gate(token, &request.branch).await;
-            self.ctx.api.create(token, &request).await.map(|created| {
+            let sent = self.ctx.api.create_with(token, &request, slot).await;
+            sent.map(|created| {
                 let made = Arc::new(DeploymentDetails {
                     logs_url: String::new(),
                     deploy_url: created.url,

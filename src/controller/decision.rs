@@ -520,12 +520,13 @@ pub fn recovery(err: &ApiError, action: &str) -> Recovery {
     };
     let err_text = cut(&err.to_string(), QUOTE_LIMIT);
     match err.class() {
+        // No figure in the message: the wait is estimated afresh at every try, and a message
+        // that changed each time would rewrite the status of every waiting object each time.
         ErrorClass::RateLimited { retry_after } => Recovery::RetryAfter(
             Health::progressing(
                 "RateLimited",
                 format!(
-                    "waiting {}s for the API token's rate limit before {action}",
-                    retry_after.as_secs().max(1)
+                    "waiting for the API token's rate limit before {action}; the operator tries again as soon as the budget allows"
                 ),
             ),
             retry_after,
@@ -982,7 +983,7 @@ mod tests {
             Recovery::RetryAfter(
                 Health::progressing(
                     "RateLimited",
-                    "waiting 3s for the API token's rate limit before create"
+                    "waiting for the API token's rate limit before create; the operator tries again as soon as the budget allows"
                 ),
                 Duration::from_secs(3)
             )

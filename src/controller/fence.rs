@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tokio::sync::watch;
 
 use crate::api::{
-    ApiError, ApiToken, CancelledDeployment, CreateDeploymentRequest, CreatedDeployment,
-    DeploymentDetails, DeploymentList, DeploymentsApi, Endpoint, ListQuery,
+    ApiError, ApiToken, CancelledDeployment, CreateDeploymentRequest, CreateSlot,
+    CreatedDeployment, DeploymentDetails, DeploymentList, DeploymentsApi, Endpoint, ListQuery,
 };
 
 /// Whether this replica may write now.
@@ -75,6 +75,23 @@ impl<A: DeploymentsApi> DeploymentsApi for Fenced<A> {
     ) -> Result<CreatedDeployment, ApiError> {
         self.fence.check(Endpoint::Create)?;
         self.inner.create(token, request).await
+    }
+
+    fn reserve_create(
+        &self,
+        token: &ApiToken,
+    ) -> impl Future<Output = Result<CreateSlot, ApiError>> + Send {
+        self.inner.reserve_create(token)
+    }
+
+    async fn create_with(
+        &self,
+        token: &ApiToken,
+        request: &CreateDeploymentRequest,
+        slot: CreateSlot,
+    ) -> Result<CreatedDeployment, ApiError> {
+        self.fence.check(Endpoint::Create)?;
+        self.inner.create_with(token, request, slot).await
     }
 
     fn list(

@@ -164,13 +164,52 @@ async fn a_429_from_create_waits_for_the_rate_limit_without_an_error() {
             Expect::state(|s| {
                 assert_eq!(*s, State::default(), "a refused create leaves no intent")
             }),
-            Expect::event_noting("Warning", "RateLimited", &["7s"]),
+            Expect::event_noting("Warning", "RateLimited", &["rate limit", "create"]),
             Expect::status(|s| assert_health(s, "Reconciling", "RateLimited")),
         ])
         .await
         .expect("a rate limit is not an error");
 
     assert_eq!(requeue_after(&action), Some(Duration::from_secs(7)));
+    assert_eq!(h.api().take_calls(), ["create"]);
+}
+
+#[tokio::test]
+async fn an_object_waiting_for_rate_budget_to_create_writes_no_intent_while_it_waits() {
+    let mut h = Harness::new(object(spec(json!({}))));
+    h.api()
+        .state()
+        .budget_refusals
+        .push_back(ApiError::Throttled {
+            endpoint: Endpoint::Create,
+            retry_after: Duration::from_secs(12),
+        });
+
+    let action = h
+        .reconcile(vec![
+            Expect::get_secret(CREDENTIALS),
+            Expect::event_noting("Warning", "RateLimited", &["rate limit", "create"]),
+            Expect::status(|s| {
+                assert_health(s, "Reconciling", "RateLimited");
+                assert_eq!(s.deployment_id, None);
+            }),
+        ])
+        .await
+        .expect("a wait for budget is not an error");
+
+    assert_eq!(requeue_after(&action), Some(Duration::from_secs(12)));
+    assert!(h.api().take_calls().is_empty(), "nothing was sent");
+
+    // Its turn came: the intent is recorded, then the create sent, then its id recorded.
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::state(|s| assert!(s.intent.is_some())),
+        Expect::state(|s| assert_eq!(s.id.as_deref(), Some("dep_1"))),
+        Expect::event_noting("Normal", "Created", &["dep_1"]),
+        Expect::status(|s| assert_eq!(s.deployment_id.as_deref(), Some("dep_1"))),
+    ])
+    .await
+    .unwrap();
     assert_eq!(h.api().take_calls(), ["create"]);
 }
 

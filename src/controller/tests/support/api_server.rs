@@ -135,6 +135,8 @@ impl Received {
 pub struct Cluster {
     pub object: Value,
     pub secrets: BTreeMap<String, Value>,
+    /// Events posted, by name, as the patches of their series left them.
+    pub events: BTreeMap<String, Value>,
 }
 
 pub fn json_response(code: u16, body: &Value) -> Response<Body> {
@@ -217,6 +219,25 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
 }
 
 impl Cluster {
+    /// Keeps posted events; a series patch (count and time only) is read as the whole event
+    /// it makes, so that it can be told by its type and reason.
+    pub fn complete_event(&mut self, req: &mut Received) {
+        let events = events_path();
+        if req.method == Method::POST && req.path == events {
+            let name = req.body["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            self.events.insert(name, req.body.clone());
+        } else if req.method == Method::PATCH
+            && let Some(name) = req.path.strip_prefix(&format!("{events}/"))
+            && let Some(event) = self.events.get_mut(name)
+        {
+            merge_patch(event, &req.body);
+            req.body = event.clone();
+        }
+    }
+
     pub fn resource_version(&self) -> String {
         self.object["metadata"]["resourceVersion"]
             .as_str()
@@ -452,7 +473,8 @@ impl ApiServer {
                         .next_request()
                         .await
                         .expect("the kube client was dropped while reconciling");
-                    let req = Received::read(request).await;
+                    let mut req = Received::read(request).await;
+                    cluster.complete_event(&mut req);
                     let what = req.what();
                     note(timeline, what.clone());
                     seen.push(what.clone());

@@ -28,6 +28,8 @@ pub struct FakeState {
     pub creates: Vec<CreateDeploymentRequest>,
     /// Build logs by deployment id; `"logs of <id>"` when none is set.
     pub logs: HashMap<String, String>,
+    /// Answers of the next `reserve_create` calls (then: budget at once).
+    pub budget_refusals: VecDeque<ApiError>,
 }
 
 /// The Deployments API in memory, behaving like the real one unless scripted otherwise:
@@ -204,6 +206,13 @@ impl FakeApi {
 }
 
 impl DeploymentsApi for FakeApi {
+    async fn reserve_create(&self, _token: &ApiToken) -> Result<CreateSlot, ApiError> {
+        match self.state().budget_refusals.pop_front() {
+            Some(refusal) => Err(refusal),
+            None => Ok(CreateSlot::unbudgeted()),
+        }
+    }
+
     async fn create(
         &self,
         token: &ApiToken,

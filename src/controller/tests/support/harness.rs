@@ -46,6 +46,7 @@ impl Harness {
                 cluster: Cluster {
                     object: serde_json::to_value(&obj).unwrap(),
                     secrets: BTreeMap::new(),
+                    events: BTreeMap::new(),
                 },
                 timeline: timeline.clone(),
             },

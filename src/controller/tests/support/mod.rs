@@ -30,9 +30,9 @@ pub use serde_json::{Value, json};
 pub use tower_test::mock::Handle;
 
 pub use crate::api::{
-    ApiError, ApiToken, CancelledDeployment, CreateDeploymentRequest, CreatedDeployment,
-    DeploymentDetails, DeploymentList, DeploymentStatus as Remote, DeploymentSummary,
-    DeploymentsApi, Endpoint, ListMeta, ListQuery,
+    ApiError, ApiToken, CancelledDeployment, CreateDeploymentRequest, CreateSlot,
+    CreatedDeployment, DeploymentDetails, DeploymentList, DeploymentStatus as Remote,
+    DeploymentSummary, DeploymentsApi, Endpoint, ListMeta, ListQuery,
 };
 pub use crate::controller::desired::DesiredDeployment;
 pub use crate::controller::keys::Key;

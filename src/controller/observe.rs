@@ -19,7 +19,8 @@ use kube::runtime::reflector::ObjectRef;
 use super::decision::{self, Observed};
 use super::round::Round;
 use crate::api::{
-    ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentsApi, list_newest_back_to,
+    ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentsApi, ErrorClass,
+    list_newest_back_to,
 };
 use crate::resource::{GitDeployment, GitDeploymentStatus};
 
@@ -73,6 +74,18 @@ impl<A: DeploymentsApi> Round<'_, A> {
             }
         }
         self.read(token).await
+    }
+
+    /// How long to wait before reading again, when a read found no rate budget soon enough
+    /// and the status already mirrors the deployment: the user has nothing to learn from it.
+    /// A Ready object whose completion details wait for budget stays Ready (a `RateLimited`
+    /// condition would flip it to Reconciling and back, two writes and a flap in Argo CD);
+    /// one in flight keeps saying what its deployment is doing.
+    pub fn waits_for_budget(&self, err: &ApiError) -> Option<Duration> {
+        let ErrorClass::RateLimited { retry_after } = err.class() else {
+            return None;
+        };
+        self.mirrored().map(|_| retry_after)
     }
 
     /// The tracked deployment, read with a GET.

@@ -174,7 +174,13 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
 
     let observed = match round.observe(&token).await {
         Ok(observed) => observed,
-        Err(err) => return round.api_failed(err, "read the deployment").await,
+        Err(err) => {
+            if let Some(after) = round.waits_for_budget(&err) {
+                tracing::debug!(object = %round.name(), namespace = %round.namespace, wait_ms = after.as_millis(), "reading the deployment waits for rate budget; the status stands");
+                return Ok(Requeue::requeue(after));
+            }
+            return round.api_failed(err, "read the deployment").await;
+        }
     };
     ctx.coordination.remember_token(uid(obj), &token);
     // A deployment taken over through `git.dev/deployment-id`: it stands for the spec as it

@@ -200,6 +200,20 @@ async fn an_object_waiting_for_rate_budget_to_create_writes_no_intent_while_it_w
     assert_eq!(requeue_after(&action), Some(Duration::from_secs(12)));
     assert!(h.api().take_calls().is_empty(), "nothing was sent");
 
+    // Still no budget: nothing changed, nothing is written.
+    h.api()
+        .state()
+        .budget_refusals
+        .push_back(ApiError::Throttled {
+            endpoint: Endpoint::Create,
+            retry_after: Duration::from_secs(3),
+        });
+    let action = h
+        .reconcile(vec![Expect::get_secret(CREDENTIALS)])
+        .await
+        .unwrap();
+    assert_eq!(requeue_after(&action), Some(Duration::from_secs(3)));
+
     // Its turn came: the intent is recorded, then the create sent, then its id recorded.
     h.reconcile(vec![
         Expect::get_secret(CREDENTIALS),

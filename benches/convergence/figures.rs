@@ -42,6 +42,8 @@ pub struct RunFigures {
     pub seen_to_post: Option<Dist>,
     /// Per object: remote `success` → `Ready=True` seen by a watch.
     pub success_to_ready: Option<Dist>,
+    /// The objects that turned Ready last after their deployment succeeded: (object, seconds).
+    pub slowest_to_ready: Vec<(String, f64)>,
     pub requests_per_deployment: f64,
     pub requests_by_route: BTreeMap<String, f64>,
     pub rate_limited: f64,

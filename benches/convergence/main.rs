@@ -186,6 +186,12 @@ fn print_run(w: &Workload, f: &RunFigures) {
         ms(&f.seen_to_post)
     );
     println!("  success → Ready {}", ms(&f.success_to_ready));
+    if !f.slowest_to_ready.is_empty() {
+        let slowest: Vec<String> = (f.slowest_to_ready.iter())
+            .map(|(name, s)| format!("{name} {s:.1} s"))
+            .collect();
+        println!("  slowest to Ready after success: {}", slowest.join(", "));
+    }
     println!(
         "  {:.2} requests / deployment ({}), {} × 429, {} remote deployments",
         f.requests_per_deployment,

@@ -203,6 +203,7 @@ fn measure(cluster: &Cluster, w: &Workload) -> RunFigures {
     let mut posts = Vec::new();
     let mut seen_to_post = Vec::new();
     let mut success_to_ready = Vec::new();
+    let mut slowest_to_ready: Vec<(String, f64)> = Vec::new();
     {
         let stamps = stamps.lock().unwrap();
         for d in &deployments {
@@ -219,9 +220,16 @@ fn measure(cluster: &Cluster, w: &Workload) -> RunFigures {
                 && d["status"] == "success"
             {
                 success_to_ready.push(ready - done);
+                slowest_to_ready.push((
+                    format!("{name} ({})", d["id"].as_str().unwrap_or("?")),
+                    ready - done,
+                ));
             }
         }
     }
+
+    slowest_to_ready.sort_by(|a, b| b.1.total_cmp(&a.1));
+    slowest_to_ready.truncate(3);
 
     let stats = sim.stats();
     let total = stats["total"].as_f64().unwrap_or(0.0);
@@ -246,6 +254,7 @@ fn measure(cluster: &Cluster, w: &Workload) -> RunFigures {
         last_post_after_apply: posts.iter().copied().reduce(f64::max).unwrap_or(f64::NAN) - applied,
         seen_to_post: Dist::of(seen_to_post),
         success_to_ready: Dist::of(success_to_ready),
+        slowest_to_ready,
         requests_per_deployment: per(total),
         requests_by_route: stats["by_route"]
             .as_object()

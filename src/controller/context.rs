@@ -13,6 +13,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
+use super::details::DetailsReader;
 use super::events::Recorder;
 use super::keys::{Key, KeyRing};
 use super::observe::Observer;
@@ -208,6 +209,8 @@ pub struct Coordination {
     tokens: Mutex<HashMap<String, ApiToken>>,
     /// Shared, batched observation of in-flight deployments, per token.
     pub observer: Observer,
+    /// Details of finished deployments, read off the reconcile path.
+    pub details: DetailsReader,
 }
 
 /// A deployment this process created.
@@ -262,6 +265,7 @@ impl Coordination {
         lock(&self.tokens).remove(uid);
         lock(&self.created_here).retain(|_, made| made.by != uid);
         self.observer.forget(ids);
+        self.details.forget(ids);
     }
 
     /// Shared by the create requests of one token and branch while each is in flight (and

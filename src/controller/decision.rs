@@ -109,9 +109,11 @@ pub fn poll_interval(status: Remote) -> Option<Duration> {
     }
 }
 
-/// How soon the details only a GET gives (completion time, build duration) are read once a
-/// listing said the deployment finished: soon, but after creates and cancels.
-pub const DETAILS_RECHECK: Duration = Duration::from_secs(2);
+/// How soon an object whose deployment a listing said finished is looked at again for the
+/// details only a GET gives (completion time, build duration). The details reader wakes it
+/// when they are read (`details`); this is the net under that. A reconcile that reads them
+/// itself (no reader: the unit tests) comes back this soon too.
+pub const DETAILS_RECHECK: Duration = Duration::from_secs(30);
 
 /// Whether anything remote may exist for the object: a deployment, history, or a create
 /// whose answer was never recorded.

@@ -26,6 +26,7 @@ mod act;
 pub mod context;
 pub mod decision;
 pub mod desired;
+pub mod details;
 mod error;
 pub mod events;
 pub mod export;

@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
 use super::decision::{self, Observed};
+use super::details::Read;
 use super::round::Round;
 use crate::api::{
     ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentsApi, ErrorClass,
@@ -36,6 +37,22 @@ impl<A: DeploymentsApi> Round<'_, A> {
     /// follow at observation priority: see `decision::details_pending`.
     pub async fn observe(&self, token: &ApiToken) -> Result<Observed, ApiError> {
         let coordination = &self.ctx.coordination;
+        if let Some(mirrored) = self.mirrored()
+            && decision::details_pending(&mirrored)
+            && coordination.details.runs()
+        {
+            // Finished: its details are read off the reconcile path (`details`), which wakes
+            // the object when they are there. Meanwhile the status stands.
+            return match coordination.details.take(&mirrored.id) {
+                Some(Read::Details(d)) => Ok(Observed::Found(Box::new((*d).clone()))),
+                Some(Read::Failed) => self.read(token).await,
+                None => {
+                    let waiter = ObjectRef::from_obj(&self.obj);
+                    coordination.details.want(token, &mirrored.id, waiter);
+                    Ok(Observed::Found(Box::new(mirrored)))
+                }
+            };
+        }
         if let Some(mirrored) = self.mirrored() {
             // Creates first: what is mirrored stands until they are done. Then the listing that
             // makes the other objects Ready, before the details of finished ones.

@@ -17,7 +17,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use super::context::{Config, Context};
 use super::events::Recorder;
 use super::state::ANNOTATION_STATE;
-use super::{Error, reconcile, secret_cache, secrets};
+use super::{Error, details, reconcile, secret_cache, secrets};
 use crate::api::DeploymentsApi;
 use crate::metrics::Metrics;
 use crate::resource::GitDeployment;
@@ -249,8 +249,18 @@ pub async fn run<A: DeploymentsApi>(
     )
     .watching_secrets(secret_versions);
     let (wake, woken) = futures::channel::mpsc::unbounded();
-    ctx.coordination.observer.wake_into(wake);
+    ctx.coordination.observer.wake_into(wake.clone());
     let ctx = Arc::new(ctx);
+    // Weak: the readers' spawner lives in the context it would otherwise keep alive.
+    let for_readers = Arc::downgrade(&ctx);
+    ctx.coordination.details.start(
+        Box::new(move |token| {
+            if let Some(ctx) = for_readers.upgrade() {
+                tokio::spawn(details::read_details(ctx, token));
+            }
+        }),
+        wake,
+    );
     let mapper_ctx = ctx.clone();
     let ready_reader = reader.clone();
     // Store readiness sits behind a oneshot receiver that wakes only its latest poller, and

@@ -12,6 +12,7 @@
 mod claims;
 mod create;
 mod deletion;
+mod details;
 mod errors;
 mod failure;
 mod fencing;

@@ -45,37 +45,7 @@ async fn a_replica_that_lost_the_lease_puts_no_status_over_the_new_leaders() {
 
 #[tokio::test]
 async fn a_ready_object_whose_details_wait_for_rate_budget_stays_ready_and_writes_nothing() {
-    let spec = spec(json!({}));
-    let state = State {
-        id: Some("dep_1".into()),
-        fingerprint: Some(fingerprint(&spec)),
-        ..State::default()
-    };
-    let mut o = tracking(spec, "dep_1");
-    // Ready from a listing: the completion time only a GET gives is still to be read.
-    let listed = DeploymentDetails {
-        id: "dep_1".into(),
-        status: Remote::Success,
-        project_id: PROJECT.into(),
-        branch: "main".into(),
-        commit_sha: "a1".into(),
-        build_duration: None,
-        deploy_url: "https://dep_1.git.dev".into(),
-        logs_url: String::new(),
-        created_at: wire_now(),
-        completed_at: None,
-        cancelled_by: None,
-        cancelled_at: None,
-    };
-    o.status = Some(crate::controller::status::build_status(
-        &o,
-        &state,
-        &crate::controller::decision::Observed::Found(Box::new(listed)),
-        &crate::controller::decision::Health::ready("Succeeded", "deployed"),
-        None,
-        wire_now(),
-    ));
-    let mut h = Harness::new(o);
+    let mut h = Harness::new(ready_from_a_listing("dep_1"));
     h.api().add("main", None, Remote::Success);
     h.api().script(
         Endpoint::Get,
@@ -92,7 +62,7 @@ async fn a_ready_object_whose_details_wait_for_rate_budget_stays_ready_and_write
 
     assert_eq!(requeue_after(&action), Some(Duration::from_secs(20)));
     assert_eq!(h.api().take_calls(), ["get dep_1"]);
-    assert_health(h.object().status.as_ref().unwrap(), "Ready", "Succeeded");
+    assert_health(&h.status(), "Ready", "Succeeded");
 }
 
 mod batched_observation {

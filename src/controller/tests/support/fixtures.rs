@@ -113,3 +113,39 @@ pub fn assert_requeue_between(action: &Action, low: Duration, high: Duration) {
 pub fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
+
+/// An object tracking `id`, made for its spec, Ready from a listing that saw its deployment
+/// succeed: the completion time only a GET gives is still to be read.
+pub fn ready_from_a_listing(id: &str) -> GitDeployment {
+    use crate::controller::decision::{Health, Observed};
+    let spec = spec(json!({}));
+    let state = State {
+        id: Some(id.into()),
+        fingerprint: Some(fingerprint(&spec)),
+        ..State::default()
+    };
+    let mut o = tracking(spec, id);
+    let listed = DeploymentDetails {
+        id: id.into(),
+        status: Remote::Success,
+        project_id: PROJECT.into(),
+        branch: "main".into(),
+        commit_sha: HEAD.into(),
+        build_duration: None,
+        deploy_url: format!("https://{id}.git.dev"),
+        logs_url: String::new(),
+        created_at: wire_now(),
+        completed_at: None,
+        cancelled_by: None,
+        cancelled_at: None,
+    };
+    o.status = Some(crate::controller::status::build_status(
+        &o,
+        &state,
+        &Observed::Found(Box::new(listed)),
+        &Health::ready("Succeeded", "deployed"),
+        None,
+        wire_now(),
+    ));
+    o
+}

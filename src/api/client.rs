@@ -32,7 +32,7 @@ use super::types::{
     CancelledDeployment, CreateDeploymentRequest, CreatedDeployment, DeploymentDetails,
     DeploymentList, ListQuery,
 };
-use super::{ApiError, ApiToken, CreateSlot, DeploymentsApi, Endpoint};
+use super::{ApiError, ApiToken, CreateSlot, DeploymentsApi, Endpoint, Priority};
 
 /// Production base URL of the API.
 pub const DEFAULT_BASE_URL: &str = "https://api.git.dev/v1";
@@ -629,6 +629,46 @@ impl DeploymentsApi for HttpClient {
             None,
         )
         .await
+    }
+
+    async fn list_before_creates(
+        &self,
+        token: &ApiToken,
+        query: &ListQuery,
+    ) -> Result<DeploymentList, ApiError> {
+        let permit = self
+            .budget_of(token)
+            .acquire(Priority::Sweep, self.inner.config.max_budget_wait)
+            .await;
+        let permit = match permit {
+            Ok(permit) => {
+                self.notify_wait(Endpoint::List, permit.waited());
+                permit
+            }
+            Err(throttled) => {
+                self.notify_wait(Endpoint::List, throttled.waited);
+                return Err(ApiError::Throttled {
+                    endpoint: Endpoint::List,
+                    retry_after: throttled.retry_after,
+                });
+            }
+        };
+        let (status, body) = self
+            .execute_with(
+                Some(permit),
+                Endpoint::List,
+                token,
+                Method::GET,
+                self.url(&["deployments"]),
+                Some(query),
+                None,
+            )
+            .await?;
+        classify::decode(Endpoint::List, status, &body)
+    }
+
+    fn rate_per_minute(&self, token: &ApiToken) -> Option<u32> {
+        Some(self.budget(token).limit_per_minute)
     }
 
     async fn get(&self, token: &ApiToken, id: &str) -> Result<DeploymentDetails, ApiError> {

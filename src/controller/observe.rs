@@ -36,6 +36,10 @@ const SWEEP_BUDGET_SHARE: f64 = 0.04;
 /// Sweeps of one token are at least this far apart, whatever its budget.
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Pages one sweep reads at most. Usually one holds what finished since the last sweep; a
+/// burst that finished together (the first creates, sent at once) may take a few.
+const SWEEP_MAX_PAGES: u32 = 3;
+
 /// How often a token with `per_minute` requests a minute may be swept.
 fn sweep_interval(per_minute: u32) -> Duration {
     let per_second = f64::from(per_minute.max(1)) / 60.0;
@@ -371,7 +375,8 @@ impl Observer {
     /// reaches back over all of them, page after page, each page a create later). Instead, at
     /// most every `sweep_interval`, one page of the newest successes is read ahead of the
     /// creates: the deployments that finished since the last sweep are on it, and their objects
-    /// are woken. `id` is registered as waited on; its answer, if this or an earlier sweep
+    /// are woken (more pages, up to three, while they reach back to deployments still waited
+    /// on). `id` is registered as waited on; its answer, if this or an earlier sweep
     /// found it succeeded. Best effort: a failed sweep is only logged, the next listing after
     /// the creates sees everything.
     pub async fn sweep<A: DeploymentsApi>(
@@ -410,22 +415,36 @@ impl Observer {
             // Counted from the start: a failing sweep is not repeated sooner.
             v.swept = Some(Instant::now());
         }
-        let query = ListQuery {
-            limit: Some(crate::api::pages::PAGE_SIZE),
-            offset: Some(0),
-            status: Some(DeploymentStatus::Success),
-        };
-        let page = match api.list_before_creates(token, &query).await {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::debug!(error = %e, "sweeping for finished deployments failed");
-                return None;
+        let oldest = {
+            let v = lock(&tv.view);
+            v.wanted.values().map(|w| w.created_at).min()
+        }?;
+        let mut rows = Vec::new();
+        for page in 0..SWEEP_MAX_PAGES {
+            let query = ListQuery {
+                limit: Some(crate::api::pages::PAGE_SIZE),
+                offset: Some(u64::from(page * crate::api::pages::PAGE_SIZE)),
+                status: Some(DeploymentStatus::Success),
+            };
+            let data = match api.list_before_creates(token, &query).await {
+                Ok(list) => list.data,
+                Err(e) => {
+                    tracing::debug!(error = %e, "sweeping for finished deployments failed");
+                    break;
+                }
+            };
+            // Newest first: past the oldest deployment waited on, nothing more to find.
+            let done = data.len() < crate::api::pages::PAGE_SIZE as usize
+                || data.last().is_none_or(|d| d.created_at < oldest);
+            rows.extend(data);
+            if done {
+                break;
             }
-        };
+        }
         let mut v = lock(&tv.view);
         let wake = self.wake.get();
         let mut mine = None;
-        for row in page.data {
+        for row in rows {
             let Some(w) = v.wanted.remove(&row.id) else {
                 continue;
             };

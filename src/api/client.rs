@@ -43,6 +43,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Default for [`ClientConfig::max_log_bytes`].
 pub const DEFAULT_MAX_LOG_BYTES: usize = 4 << 20;
 
+/// How long a create waits for its token's budget before it is refused and requeued at its
+/// estimated turn. The wait holds one of the controller's reconcile slots: in a burst, creates
+/// waiting the full [`ClientConfig::max_budget_wait`] held all of them, and objects with
+/// something to do now (a success to mirror) waited behind them.
+const CREATE_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Told about every HTTP attempt (retries included) and every wait for rate budget, e.g. to
 /// feed metrics. Must be cheap: it is called on the request path.
 pub trait ApiObserver: Send + Sync {
@@ -569,11 +575,9 @@ impl DeploymentsApi for HttpClient {
 
     async fn reserve_create(&self, token: &ApiToken) -> Result<CreateSlot, ApiError> {
         let budget = self.budget_of(token);
+        let patience = self.inner.config.max_budget_wait.min(CREATE_PATIENCE);
         match budget
-            .acquire(
-                Endpoint::Create.default_priority(),
-                self.inner.config.max_budget_wait,
-            )
+            .acquire(Endpoint::Create.default_priority(), patience)
             .await
         {
             Ok(permit) => {

@@ -31,14 +31,14 @@ const DETAILS_DEFERRAL: Duration = Duration::from_secs(30);
 
 /// Share of a token's budget that sweeps may take while its creates wait for the rest: each
 /// sweep puts the last create back by one request's worth of budget.
-const SWEEP_BUDGET_SHARE: f64 = 0.04;
+const SWEEP_BUDGET_SHARE: f64 = 0.02;
 
 /// Sweeps of one token are at least this far apart, whatever its budget.
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Pages one sweep reads at most. Usually one holds what finished since the last sweep; a
-/// burst that finished together (the first creates, sent at once) may take a few.
-const SWEEP_MAX_PAGES: u32 = 3;
+/// burst that finished together (the first creates, sent at once) may take two.
+const SWEEP_MAX_PAGES: u32 = 2;
 
 /// How often a token with `per_minute` requests a minute may be swept.
 fn sweep_interval(per_minute: u32) -> Duration {
@@ -139,6 +139,20 @@ impl<A: DeploymentsApi> Round<'_, A> {
             return None;
         };
         self.mirrored().map(|_| retry_after)
+    }
+
+    /// How long to wait before trying again, when the first create of a new object (no status
+    /// yet) found no rate budget soon enough: nothing is written meanwhile. A burst of a
+    /// thousand new objects on one token would otherwise write a `RateLimited` status, and its
+    /// finalizer on its own, for each of them while the API server is still admitting the
+    /// rest; the finalizer rides on the intent written once budget is there. Until then the
+    /// object has no status, which kstatus and Argo CD read as in progress.
+    pub fn first_create_waits(&self, err: &ApiError) -> Option<Duration> {
+        let ErrorClass::RateLimited { retry_after } = err.class() else {
+            return None;
+        };
+        let not_sent = matches!(err, ApiError::Throttled { .. });
+        (not_sent && self.obj.status.is_none()).then_some(retry_after)
     }
 
     /// The tracked deployment, read with a GET.
@@ -375,7 +389,7 @@ impl Observer {
     /// reaches back over all of them, page after page, each page a create later). Instead, at
     /// most every `sweep_interval`, one page of the newest successes is read ahead of the
     /// creates: the deployments that finished since the last sweep are on it, and their objects
-    /// are woken (more pages, up to three, while they reach back to deployments still waited
+    /// are woken (a second page while they reach back to deployments still waited
     /// on). `id` is registered as waited on; its answer, if this or an earlier sweep
     /// found it succeeded. Best effort: a failed sweep is only logged, the next listing after
     /// the creates sees everything.
@@ -517,11 +531,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sweeps_take_a_twenty_fifth_of_a_tokens_budget_and_come_at_most_twice_a_second() {
+    fn sweeps_take_a_fiftieth_of_a_tokens_budget_and_come_at_most_twice_a_second() {
         // Starter, Pro, Enterprise.
-        assert_eq!(sweep_interval(100), Duration::from_secs(15));
-        assert_eq!(sweep_interval(1_000), Duration::from_millis(1_500));
+        assert_eq!(sweep_interval(100), Duration::from_secs(30));
+        assert_eq!(sweep_interval(1_000), Duration::from_secs(3));
         assert_eq!(sweep_interval(10_000), MIN_SWEEP_INTERVAL);
-        assert_eq!(sweep_interval(0), Duration::from_secs(1_500));
+        assert_eq!(sweep_interval(0), Duration::from_secs(3_000));
     }
 }

@@ -32,7 +32,7 @@ use super::types::{
     CancelledDeployment, CreateDeploymentRequest, CreatedDeployment, DeploymentDetails,
     DeploymentList, ListQuery,
 };
-use super::{ApiError, ApiToken, CreateSlot, DeploymentsApi, Endpoint, Priority};
+use super::{ApiError, ApiToken, CreateSlot, DeploymentsApi, Endpoint};
 
 /// Production base URL of the API.
 pub const DEFAULT_BASE_URL: &str = "https://api.git.dev/v1";
@@ -42,12 +42,6 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Default for [`ClientConfig::max_log_bytes`].
 pub const DEFAULT_MAX_LOG_BYTES: usize = 4 << 20;
-
-/// How long a create waits for its token's budget before it is refused and requeued at its
-/// estimated turn. The wait holds one of the controller's reconcile slots: in a burst, creates
-/// waiting the full [`ClientConfig::max_budget_wait`] held all of them, and objects with
-/// something to do now (a success to mirror) waited behind them.
-const CREATE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Told about every HTTP attempt (retries included) and every wait for rate budget, e.g. to
 /// feed metrics. Must be cheap: it is called on the request path.
@@ -575,9 +569,11 @@ impl DeploymentsApi for HttpClient {
 
     async fn reserve_create(&self, token: &ApiToken) -> Result<CreateSlot, ApiError> {
         let budget = self.budget_of(token);
-        let patience = self.inner.config.max_budget_wait.min(CREATE_PATIENCE);
         match budget
-            .acquire(Endpoint::Create.default_priority(), patience)
+            .acquire(
+                Endpoint::Create.default_priority(),
+                self.inner.config.max_budget_wait,
+            )
             .await
         {
             Ok(permit) => {
@@ -633,46 +629,6 @@ impl DeploymentsApi for HttpClient {
             None,
         )
         .await
-    }
-
-    async fn list_before_creates(
-        &self,
-        token: &ApiToken,
-        query: &ListQuery,
-    ) -> Result<DeploymentList, ApiError> {
-        let permit = self
-            .budget_of(token)
-            .acquire(Priority::Sweep, self.inner.config.max_budget_wait)
-            .await;
-        let permit = match permit {
-            Ok(permit) => {
-                self.notify_wait(Endpoint::List, permit.waited());
-                permit
-            }
-            Err(throttled) => {
-                self.notify_wait(Endpoint::List, throttled.waited);
-                return Err(ApiError::Throttled {
-                    endpoint: Endpoint::List,
-                    retry_after: throttled.retry_after,
-                });
-            }
-        };
-        let (status, body) = self
-            .execute_with(
-                Some(permit),
-                Endpoint::List,
-                token,
-                Method::GET,
-                self.url(&["deployments"]),
-                Some(query),
-                None,
-            )
-            .await?;
-        classify::decode(Endpoint::List, status, &body)
-    }
-
-    fn rate_per_minute(&self, token: &ApiToken) -> Option<u32> {
-        Some(self.budget(token).limit_per_minute)
     }
 
     async fn get(&self, token: &ApiToken, id: &str) -> Result<DeploymentDetails, ApiError> {

@@ -120,11 +120,8 @@ pub enum Priority {
     Survey = 1,
     /// Create.
     Create = 2,
-    /// One page of the newest finished deployments, read while a burst of creates holds the
-    /// budget, so that those objects turn Ready without waiting for the last create.
-    Sweep = 3,
     /// Cancel and delete.
-    Act = 4,
+    Act = 3,
 }
 
 impl Endpoint {
@@ -205,23 +202,6 @@ pub trait DeploymentsApi: Send + Sync + 'static {
         token: &ApiToken,
         query: &ListQuery,
     ) -> impl Future<Output = Result<DeploymentList, ApiError>> + Send;
-
-    /// [`Self::list`], served before the token's creates that wait for budget
-    /// ([`Priority::Sweep`]).
-    fn list_before_creates(
-        &self,
-        token: &ApiToken,
-        query: &ListQuery,
-    ) -> impl Future<Output = Result<DeploymentList, ApiError>> + Send {
-        self.list(token, query)
-    }
-
-    /// Requests per minute that `token` may make, as far as this process knows (`None`: not
-    /// known). Sets how much of the budget a sweep may take.
-    fn rate_per_minute(&self, token: &ApiToken) -> Option<u32> {
-        let _ = token;
-        None
-    }
 
     fn get(
         &self,

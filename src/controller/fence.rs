@@ -102,18 +102,6 @@ impl<A: DeploymentsApi> DeploymentsApi for Fenced<A> {
         self.inner.list(token, query)
     }
 
-    fn list_before_creates(
-        &self,
-        token: &ApiToken,
-        query: &ListQuery,
-    ) -> impl Future<Output = Result<DeploymentList, ApiError>> + Send {
-        self.inner.list_before_creates(token, query)
-    }
-
-    fn rate_per_minute(&self, token: &ApiToken) -> Option<u32> {
-        self.inner.rate_per_minute(token)
-    }
-
     fn get(
         &self,
         token: &ApiToken,

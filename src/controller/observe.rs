@@ -20,7 +20,7 @@ use super::decision::{self, Observed};
 use super::details::Read;
 use super::round::Round;
 use crate::api::{
-    ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentsApi, ErrorClass, ListQuery,
+    ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentsApi, ErrorClass,
     list_newest_back_to,
 };
 use crate::resource::{GitDeployment, GitDeploymentStatus};
@@ -28,23 +28,6 @@ use crate::resource::{GitDeployment, GitDeploymentStatus};
 /// How long the details of a finished deployment (completion time, build duration) may wait
 /// for other deployments of the same token still in flight.
 const DETAILS_DEFERRAL: Duration = Duration::from_secs(30);
-
-/// Share of a token's budget that sweeps may take while its creates wait for the rest: each
-/// sweep puts the last create back by one request's worth of budget.
-const SWEEP_BUDGET_SHARE: f64 = 0.02;
-
-/// Sweeps of one token are at least this far apart, whatever its budget.
-const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Pages one sweep reads at most. Usually one holds what finished since the last sweep; a
-/// burst that finished together (the first creates, sent at once) may take two.
-const SWEEP_MAX_PAGES: u32 = 2;
-
-/// How often a token with `per_minute` requests a minute may be swept.
-fn sweep_interval(per_minute: u32) -> Duration {
-    let per_second = f64::from(per_minute.max(1)) / 60.0;
-    Duration::from_secs_f64(1.0 / (per_second * SWEEP_BUDGET_SHARE)).max(MIN_SWEEP_INTERVAL)
-}
 
 impl<A: DeploymentsApi> Round<'_, A> {
     /// The tracked deployment as it is now. An in-flight one whose details are already mirrored
@@ -77,25 +60,6 @@ impl<A: DeploymentsApi> Round<'_, A> {
                 && coordination.observer.in_flight(token)
                 && self.finished_for() < DETAILS_DEFERRAL;
             if coordination.creates_pending(token) || defer_details {
-                if coordination.creates_pending(token) && !mirrored.status.is_terminal() {
-                    let waiter = ObjectRef::from_obj(&self.obj);
-                    let swept = coordination
-                        .observer
-                        .sweep(
-                            &self.ctx.api,
-                            token,
-                            &mirrored.id,
-                            mirrored.created_at,
-                            waiter,
-                        )
-                        .await;
-                    if let Some(Seen::Status(status)) = swept {
-                        return Ok(Observed::Found(Box::new(DeploymentDetails {
-                            status,
-                            ..mirrored
-                        })));
-                    }
-                }
                 return Ok(Observed::Found(Box::new(mirrored)));
             }
         }
@@ -139,20 +103,6 @@ impl<A: DeploymentsApi> Round<'_, A> {
             return None;
         };
         self.mirrored().map(|_| retry_after)
-    }
-
-    /// How long to wait before trying again, when the first create of a new object (no status
-    /// yet) found no rate budget soon enough: nothing is written meanwhile. A burst of a
-    /// thousand new objects on one token would otherwise write a `RateLimited` status, and its
-    /// finalizer on its own, for each of them while the API server is still admitting the
-    /// rest; the finalizer rides on the intent written once budget is there. Until then the
-    /// object has no status, which kstatus and Argo CD read as in progress.
-    pub fn first_create_waits(&self, err: &ApiError) -> Option<Duration> {
-        let ErrorClass::RateLimited { retry_after } = err.class() else {
-            return None;
-        };
-        let not_sent = matches!(err, ApiError::Throttled { .. });
-        (not_sent && self.obj.status.is_none()).then_some(retry_after)
     }
 
     /// The tracked deployment, read with a GET.
@@ -243,8 +193,6 @@ pub struct Observer {
 struct TokenView {
     /// Held while refreshing, so that one listing serves every waiter.
     refresh: tokio::sync::Mutex<()>,
-    /// Held while sweeping; others do not wait for a sweep.
-    sweeping: tokio::sync::Mutex<()>,
     view: Mutex<View>,
 }
 
@@ -256,11 +204,6 @@ struct View {
     seen: HashMap<String, DeploymentStatus>,
     /// Deployments someone waits on: how far back a listing must go, and whom to wake.
     wanted: HashMap<String, Wanted>,
-    /// When the last sweep was sent.
-    swept: Option<Instant>,
-    /// Deployments a sweep found succeeded, until their object takes the answer (a full
-    /// listing replaces `seen`, and need not reach back to them).
-    swept_success: HashMap<String, DeploymentStatus>,
 }
 
 struct Wanted {
@@ -269,13 +212,6 @@ struct Wanted {
 }
 
 impl View {
-    /// What a sweep found of `id`, taken once: the wait on it is over.
-    fn take_swept(&mut self, id: &str) -> Option<Seen> {
-        let status = self.swept_success.remove(id)?;
-        self.wanted.remove(id);
-        Some(Seen::Status(status))
-    }
-
     /// The answer for `id` from this view; one that says it is finished (or gone) also ends
     /// the wait on it, so that no later listing wakes its object again.
     fn answer_once(&mut self, id: &str, created_at: Timestamp) -> Option<Seen> {
@@ -322,9 +258,6 @@ impl Observer {
         let fresh = |v: &View| v.refreshed.is_some_and(|t| t.elapsed() <= max_age);
         {
             let mut v = tv.view.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(found) = v.take_swept(id) {
-                return Ok(Some(found));
-            }
             v.wanted
                 .insert(id.to_string(), Wanted { created_at, waiter });
             if fresh(&v)
@@ -385,95 +318,6 @@ impl Observer {
         Ok(v.answer(id, created_at))
     }
 
-    /// While `token`'s creates hold its budget, in-flight deployments are not listed (a listing
-    /// reaches back over all of them, page after page, each page a create later). Instead, at
-    /// most every `sweep_interval`, one page of the newest successes is read ahead of the
-    /// creates: the deployments that finished since the last sweep are on it, and their objects
-    /// are woken (a second page while they reach back to deployments still waited
-    /// on). `id` is registered as waited on; its answer, if this or an earlier sweep
-    /// found it succeeded. Best effort: a failed sweep is only logged, the next listing after
-    /// the creates sees everything.
-    pub async fn sweep<A: DeploymentsApi>(
-        &self,
-        api: &A,
-        token: &ApiToken,
-        id: &str,
-        created_at: Timestamp,
-        waiter: ObjectRef<GitDeployment>,
-    ) -> Option<Seen> {
-        let every = sweep_interval(api.rate_per_minute(token)?);
-        let tv = self.view(token);
-        let due = |v: &View| v.swept.is_none_or(|t| t.elapsed() >= every);
-        {
-            let mut v = lock(&tv.view);
-            if let Some(found) = v.take_swept(id) {
-                return Some(found);
-            }
-            v.wanted
-                .entry(id.to_string())
-                .and_modify(|w| w.waiter = Some(waiter.clone()))
-                .or_insert(Wanted {
-                    created_at,
-                    waiter: Some(waiter),
-                });
-            if !due(&v) {
-                return None;
-            }
-        }
-        let _sweeping = tv.sweeping.try_lock().ok()?;
-        {
-            let mut v = lock(&tv.view);
-            if !due(&v) {
-                return None;
-            }
-            // Counted from the start: a failing sweep is not repeated sooner.
-            v.swept = Some(Instant::now());
-        }
-        let oldest = {
-            let v = lock(&tv.view);
-            v.wanted.values().map(|w| w.created_at).min()
-        }?;
-        let mut rows = Vec::new();
-        for page in 0..SWEEP_MAX_PAGES {
-            let query = ListQuery {
-                limit: Some(crate::api::pages::PAGE_SIZE),
-                offset: Some(u64::from(page * crate::api::pages::PAGE_SIZE)),
-                status: Some(DeploymentStatus::Success),
-            };
-            let data = match api.list_before_creates(token, &query).await {
-                Ok(list) => list.data,
-                Err(e) => {
-                    tracing::debug!(error = %e, "sweeping for finished deployments failed");
-                    break;
-                }
-            };
-            // Newest first: past the oldest deployment waited on, nothing more to find.
-            let done = data.len() < crate::api::pages::PAGE_SIZE as usize
-                || data.last().is_none_or(|d| d.created_at < oldest);
-            rows.extend(data);
-            if done {
-                break;
-            }
-        }
-        let mut v = lock(&tv.view);
-        let wake = self.wake.get();
-        let mut mine = None;
-        for row in rows {
-            let Some(w) = v.wanted.remove(&row.id) else {
-                continue;
-            };
-            if row.id == id {
-                mine = Some(Seen::Status(row.status));
-                continue;
-            }
-            v.swept_success.insert(row.id, row.status);
-            if let (Some(wake), Some(waiter)) = (wake, w.waiter) {
-                let _ = wake.unbounded_send(waiter);
-            }
-        }
-        mine
-    }
-
     /// Whether deployments of `token` are still being waited on: reading details of finished
     /// ones can wait until the listing that tells the others they finished has run.
     pub fn in_flight(&self, token: &ApiToken) -> bool {
@@ -491,7 +335,6 @@ impl Observer {
             let mut v = lock(&tv.view);
             for id in ids {
                 v.wanted.remove(id);
-                v.swept_success.remove(id);
             }
         }
         tokens.retain(|_, tv| !lock(&tv.view).wanted.is_empty());
@@ -524,18 +367,4 @@ async fn list_back_to<A: DeploymentsApi>(
         rows.into_iter().map(|d| (d.id, d.status)).collect(),
         covered_since,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sweeps_take_a_fiftieth_of_a_tokens_budget_and_come_at_most_twice_a_second() {
-        // Starter, Pro, Enterprise.
-        assert_eq!(sweep_interval(100), Duration::from_secs(30));
-        assert_eq!(sweep_interval(1_000), Duration::from_secs(3));
-        assert_eq!(sweep_interval(10_000), MIN_SWEEP_INTERVAL);
-        assert_eq!(sweep_interval(0), Duration::from_secs(3_000));
-    }
 }

@@ -214,12 +214,7 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
             let _pending = ctx.coordination.create_pending(&token);
             match round.create(&token, &desired, &goal.fingerprint).await {
                 Ok(observed) => observed,
-                Err(err) => {
-                    if let Some(after) = round.first_create_waits(&err) {
-                        return Ok(Requeue::requeue(after));
-                    }
-                    return round.api_failed(err, "create the deployment").await;
-                }
+                Err(err) => return round.api_failed(err, "create the deployment").await,
             }
         }
         Step::Cancel { id, reason } => match round.cancel(&token, &id, reason).await {

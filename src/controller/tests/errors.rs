@@ -175,7 +175,7 @@ async fn a_429_from_create_waits_for_the_rate_limit_without_an_error() {
 }
 
 #[tokio::test]
-async fn a_new_object_waiting_for_rate_budget_to_create_writes_nothing_while_it_waits() {
+async fn an_object_waiting_for_rate_budget_to_create_writes_no_intent_while_it_waits() {
     let mut h = Harness::new(object(spec(json!({}))));
     h.api()
         .state()
@@ -185,10 +185,15 @@ async fn a_new_object_waiting_for_rate_budget_to_create_writes_nothing_while_it_
             retry_after: Duration::from_secs(12),
         });
 
-    // No intent, no finalizer of its own, no status: in a burst of a thousand new objects
-    // these writes would slow the API server that is still admitting the rest.
     let action = h
-        .reconcile(vec![Expect::get_secret(CREDENTIALS)])
+        .reconcile(vec![
+            Expect::get_secret(CREDENTIALS),
+            Expect::event_noting("Warning", "RateLimited", &["rate limit", "create"]),
+            Expect::status(|s| {
+                assert_health(s, "Reconciling", "RateLimited");
+                assert_eq!(s.deployment_id, None);
+            }),
+        ])
         .await
         .expect("a wait for budget is not an error");
 
@@ -209,8 +214,7 @@ async fn a_new_object_waiting_for_rate_budget_to_create_writes_nothing_while_it_
         .unwrap();
     assert_eq!(requeue_after(&action), Some(Duration::from_secs(3)));
 
-    // Its turn came: the intent is recorded (with the finalizer), then the create sent, then
-    // its id recorded.
+    // Its turn came: the intent is recorded, then the create sent, then its id recorded.
     h.reconcile(vec![
         Expect::get_secret(CREDENTIALS),
         Expect::state(|s| assert!(s.intent.is_some())),

@@ -132,65 +132,6 @@ mod batched_observation {
     }
 
     #[tokio::test]
-    async fn while_creates_hold_the_budget_a_sweep_reads_one_page_of_successes_and_wakes_their_objects()
-     {
-        use kube::runtime::reflector::ObjectRef;
-        let api = fake();
-        // 100,000 a minute: sweeps as often as they may be, every half second.
-        api.state().rate_per_minute = Some(100_000);
-        let ids: Vec<String> = (0..3)
-            .map(|_| api.add("main", None, Remote::Building))
-            .collect();
-        let object = |i: usize| ObjectRef::new(&format!("app-{i}")).within("team");
-        let observer = Observer::default();
-        let (wake, mut woken) = futures::channel::mpsc::unbounded();
-        observer.wake_into(wake);
-        let token = ApiToken::new("sk_test_write");
-        let now = wire_now();
-        for (i, id) in ids.iter().enumerate() {
-            let seen = observer.sweep(&api, &token, id, now, object(i)).await;
-            assert_eq!(seen, None, "nothing finished yet");
-        }
-        assert_eq!(api.take_calls(), ["list"], "one sweep per interval");
-
-        api.set_status(&ids[1], Remote::Success);
-        api.set_status(&ids[2], Remote::Success);
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let seen = observer.sweep(&api, &token, &ids[0], now, object(0)).await;
-        assert_eq!(seen, None, "still building");
-        assert_eq!(api.take_calls(), ["list"]);
-        let mut refs = Vec::new();
-        while let Ok(r) = woken.try_recv() {
-            refs.push(r);
-        }
-        refs.sort_by_key(|r| r.name.clone());
-        assert_eq!(refs, [object(1), object(2)]);
-
-        // Woken, they find their answer without another call, whether they ask a sweep or,
-        // once the creates are sent, the listing.
-        let swept = observer.sweep(&api, &token, &ids[1], now, object(1)).await;
-        assert_eq!(swept, Some(Seen::Status(Remote::Success)));
-        let listed = observer
-            .status(&api, &token, &ids[2], now, Duration::from_secs(60), None)
-            .await
-            .unwrap();
-        assert_eq!(listed, Some(Seen::Status(Remote::Success)));
-        assert!(api.take_calls().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_token_whose_rate_is_not_known_is_not_swept() {
-        use kube::runtime::reflector::ObjectRef;
-        let api = fake();
-        let id = api.add("main", None, Remote::Success);
-        let observer = Observer::default();
-        let token = ApiToken::new("sk_test_write");
-        let seen = (observer.sweep(&api, &token, &id, wire_now(), ObjectRef::new("web"))).await;
-        assert_eq!(seen, None);
-        assert!(api.take_calls().is_empty());
-    }
-
-    #[tokio::test]
     async fn a_listing_made_for_one_object_wakes_the_others_whose_deployment_finished() {
         use kube::runtime::reflector::ObjectRef;
         let api = fake();

@@ -30,8 +30,6 @@ pub struct FakeState {
     pub logs: HashMap<String, String>,
     /// Answers of the next `reserve_create` calls (then: budget at once).
     pub budget_refusals: VecDeque<ApiError>,
-    /// What `rate_per_minute` says (`None`: not known, so no sweeps).
-    pub rate_per_minute: Option<u32>,
 }
 
 /// The Deployments API in memory, behaving like the real one unless scripted otherwise:
@@ -208,10 +206,6 @@ impl FakeApi {
 }
 
 impl DeploymentsApi for FakeApi {
-    fn rate_per_minute(&self, _token: &ApiToken) -> Option<u32> {
-        self.state().rate_per_minute
-    }
-
     async fn reserve_create(&self, _token: &ApiToken) -> Result<CreateSlot, ApiError> {
         match self.state().budget_refusals.pop_front() {
             Some(refusal) => Err(refusal),

@@ -132,6 +132,41 @@ mod batched_observation {
     }
 
     #[tokio::test]
+    async fn deployments_waited_on_during_creates_are_all_answered_by_the_first_listing_after() {
+        use kube::runtime::reflector::ObjectRef;
+        let api = fake();
+        let old = api.add("main", None, Remote::Success);
+        api.state().deployments[0].created_at = wire_now() - Duration::from_secs(3600);
+        let old_created = api.state().deployments[0].created_at;
+        for _ in 0..150 {
+            api.add("main", None, Remote::Success);
+        }
+        let new = api.add("main", None, Remote::Deploying);
+        let observer = Observer::default();
+        let (wake, mut woken) = futures::channel::mpsc::unbounded();
+        observer.wake_into(wake);
+        let token = ApiToken::new("sk_test_write");
+        // While creates were sent, the old one's object was polled: registered, not listed.
+        observer.want(
+            &token,
+            &old,
+            old_created,
+            ObjectRef::new("app-old").within("team"),
+        );
+        assert!(api.take_calls().is_empty());
+
+        // The first listing, made for the newest, reaches back to the old one and wakes it.
+        let seen = observer
+            .status(&api, &token, &new, wire_now(), Duration::ZERO, None)
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(Seen::Status(Remote::Deploying)));
+        assert_eq!(api.take_calls(), ["list", "list"]);
+        let refs: Vec<_> = std::iter::from_fn(|| woken.try_recv().ok()).collect();
+        assert_eq!(refs, [ObjectRef::new("app-old").within("team")]);
+    }
+
+    #[tokio::test]
     async fn a_listing_made_for_one_object_wakes_the_others_whose_deployment_finished() {
         use kube::runtime::reflector::ObjectRef;
         let api = fake();

@@ -174,16 +174,21 @@ async fn a_429_from_create_waits_for_the_rate_limit_without_an_error() {
     assert_eq!(h.api().take_calls(), ["create"]);
 }
 
-#[tokio::test]
-async fn an_object_waiting_for_rate_budget_to_create_writes_no_intent_while_it_waits() {
-    let mut h = Harness::new(object(spec(json!({}))));
+/// The next create finds no rate budget within the client's patience; its turn is `secs` away.
+fn no_budget_for_a_create(h: &Harness, secs: u64) {
     h.api()
         .state()
         .budget_refusals
         .push_back(ApiError::Throttled {
             endpoint: Endpoint::Create,
-            retry_after: Duration::from_secs(12),
+            retry_after: Duration::from_secs(secs),
         });
+}
+
+#[tokio::test]
+async fn an_object_waiting_for_rate_budget_to_create_writes_no_intent_while_it_waits() {
+    let mut h = Harness::new(object(spec(json!({}))));
+    no_budget_for_a_create(&h, 12);
 
     let action = h
         .reconcile(vec![
@@ -201,13 +206,7 @@ async fn an_object_waiting_for_rate_budget_to_create_writes_no_intent_while_it_w
     assert!(h.api().take_calls().is_empty(), "nothing was sent");
 
     // Still no budget: nothing changed, nothing is written.
-    h.api()
-        .state()
-        .budget_refusals
-        .push_back(ApiError::Throttled {
-            endpoint: Endpoint::Create,
-            retry_after: Duration::from_secs(3),
-        });
+    no_budget_for_a_create(&h, 3);
     let action = h
         .reconcile(vec![Expect::get_secret(CREDENTIALS)])
         .await

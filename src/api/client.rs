@@ -335,6 +335,40 @@ impl HttpClient {
             .await
     }
 
+    /// Waits for a token of `budget` for one call of `endpoint`, at most `max_budget_wait`;
+    /// the wait is reported either way. Refused: [`ApiError::Throttled`], nothing sent.
+    async fn acquire_budget(
+        &self,
+        budget: &Arc<Budget>,
+        endpoint: Endpoint,
+    ) -> Result<Permit, ApiError> {
+        match budget
+            .acquire(
+                endpoint.default_priority(),
+                self.inner.config.max_budget_wait,
+            )
+            .await
+        {
+            Ok(permit) => {
+                self.notify_wait(endpoint, permit.waited());
+                Ok(permit)
+            }
+            Err(throttled) => {
+                self.notify_wait(endpoint, throttled.waited);
+                tracing::debug!(
+                    endpoint = endpoint.as_str(),
+                    token = budget.fingerprint(),
+                    retry_after_ms = millis(throttled.retry_after),
+                    "not sent: no rate budget within max_budget_wait"
+                );
+                Err(ApiError::Throttled {
+                    endpoint,
+                    retry_after: throttled.retry_after,
+                })
+            }
+        }
+    }
+
     /// [`Self::execute`], whose first attempt spends `reserved` (budget taken beforehand)
     /// instead of waiting for its own.
     #[allow(clippy::too_many_arguments)]
@@ -361,32 +395,9 @@ impl HttpClient {
         let mut rate_limited = 0u32;
         let mut attempt = 0u32;
         loop {
-            let acquired = match reserved.take() {
-                Some(permit) => Ok(permit),
-                None => {
-                    budget
-                        .acquire(endpoint.default_priority(), config.max_budget_wait)
-                        .await
-                }
-            };
-            let permit = match acquired {
-                Ok(permit) => {
-                    self.notify_wait(endpoint, permit.waited());
-                    permit
-                }
-                Err(throttled) => {
-                    self.notify_wait(endpoint, throttled.waited);
-                    tracing::debug!(
-                        endpoint = endpoint.as_str(),
-                        token = budget.fingerprint(),
-                        retry_after_ms = millis(throttled.retry_after),
-                        "not sent: no rate budget within max_budget_wait"
-                    );
-                    return Err(ApiError::Throttled {
-                        endpoint,
-                        retry_after: throttled.retry_after,
-                    });
-                }
+            let permit = match reserved.take() {
+                Some(permit) => permit,
+                None => self.acquire_budget(&budget, endpoint).await?,
             };
             let write = matches!(
                 endpoint,
@@ -568,31 +579,10 @@ impl DeploymentsApi for HttpClient {
     }
 
     async fn reserve_create(&self, token: &ApiToken) -> Result<CreateSlot, ApiError> {
-        let budget = self.budget_of(token);
-        match budget
-            .acquire(
-                Endpoint::Create.default_priority(),
-                self.inner.config.max_budget_wait,
-            )
-            .await
-        {
-            Ok(permit) => {
-                self.notify_wait(Endpoint::Create, permit.waited());
-                Ok(CreateSlot::budgeted(permit))
-            }
-            Err(throttled) => {
-                self.notify_wait(Endpoint::Create, throttled.waited);
-                tracing::debug!(
-                    token = budget.fingerprint(),
-                    retry_after_ms = millis(throttled.retry_after),
-                    "no rate budget for a create within max_budget_wait; nothing recorded"
-                );
-                Err(ApiError::Throttled {
-                    endpoint: Endpoint::Create,
-                    retry_after: throttled.retry_after,
-                })
-            }
-        }
+        let permit = self
+            .acquire_budget(&self.budget_of(token), Endpoint::Create)
+            .await?;
+        Ok(CreateSlot::budgeted(permit))
     }
 
     async fn create_with(

@@ -1041,6 +1041,30 @@ async fn a_call_that_would_wait_too_long_is_throttled_without_being_sent() {
 }
 
 #[tokio::test]
+async fn a_read_if_idle_is_sent_while_the_budget_has_room_and_refused_unsent_once_it_is_spent() {
+    let sim = start(Duration::ZERO).await;
+    let api = HttpClient::new(ClientConfig {
+        max_budget_wait: Duration::ZERO,
+        ..config(&sim)
+    })
+    .unwrap();
+    let t = token(STARTER);
+    let made = api.create(&t, &create_req("main")).await.unwrap();
+    let read = api.get_if_idle(&t, &made.id).await.unwrap();
+    assert_eq!(read.id, made.id);
+
+    while api.list(&t, &ListQuery::default()).await.is_ok() {}
+    let sent = stats(&sim).await["total"].as_u64().unwrap();
+    let refused = api.get_if_idle(&t, &made.id).await.unwrap_err();
+    assert!(matches!(refused, ApiError::Throttled { .. }), "{refused:?}");
+    assert_eq!(
+        stats(&sim).await["total"].as_u64().unwrap(),
+        sent,
+        "nothing sent"
+    );
+}
+
+#[tokio::test]
 async fn a_forced_429_pauses_the_token_and_the_call_succeeds_after_retry_after() {
     let sim = start(Duration::ZERO).await;
     let rec = Arc::new(Recorder::default());

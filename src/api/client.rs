@@ -633,6 +633,31 @@ impl DeploymentsApi for HttpClient {
         .await
     }
 
+    async fn get_if_idle(&self, token: &ApiToken, id: &str) -> Result<DeploymentDetails, ApiError> {
+        // Refused: nothing was sent and nobody waited, so no budget wait is reported.
+        let permit = self
+            .budget_of(token)
+            .acquire(Endpoint::Get.default_priority(), Duration::ZERO)
+            .await
+            .map_err(|refused| ApiError::Throttled {
+                endpoint: Endpoint::Get,
+                retry_after: refused.retry_after,
+            })?;
+        self.notify_wait(Endpoint::Get, Duration::ZERO);
+        let (status, body) = self
+            .execute_with(
+                Some(permit),
+                Endpoint::Get,
+                token,
+                Method::GET,
+                self.url(&["deployments", id]),
+                None,
+                None,
+            )
+            .await?;
+        classify::decode(Endpoint::Get, status, &body)
+    }
+
     async fn cancel(&self, token: &ApiToken, id: &str) -> Result<CancelledDeployment, ApiError> {
         self.call_json(
             Endpoint::Cancel,

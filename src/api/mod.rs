@@ -209,6 +209,19 @@ pub trait DeploymentsApi: Send + Sync + 'static {
         id: &str,
     ) -> impl Future<Output = Result<DeploymentDetails, ApiError>> + Send;
 
+    /// [`Self::get`], sent only if `token`'s rate budget has room now and nobody waits for
+    /// it; else refused at once with [`ApiError::Throttled`], nothing sent. For a read worth
+    /// making only when it costs no other call a wait: the completion details of a deployment
+    /// that just finished, read before its object is marked Ready, so that one status write
+    /// says both.
+    fn get_if_idle(
+        &self,
+        token: &ApiToken,
+        id: &str,
+    ) -> impl Future<Output = Result<DeploymentDetails, ApiError>> + Send {
+        self.get(token, id)
+    }
+
     fn cancel(
         &self,
         token: &ApiToken,

@@ -86,10 +86,13 @@ impl<A: DeploymentsApi> Round<'_, A> {
                 )
                 .await?;
             if let Some(Seen::Status(status)) = seen {
+                if status.is_terminal()
+                    && let Some(details) = self.details_if_idle(token, &mirrored.id).await
+                {
+                    return Ok(Observed::Found(Box::new(details)));
+                }
                 // Ready at once; the details only a GET gives follow at observation priority
-                // (`details_pending`). Reading them first saved a status write per deployment
-                // when the budget was plentiful, but with 1,000 finished deployments waiting
-                // for budget their GETs held every Ready back by a minute.
+                // (`details_pending`).
                 return Ok(Observed::Found(Box::new(DeploymentDetails {
                     status,
                     ..mirrored
@@ -97,6 +100,25 @@ impl<A: DeploymentsApi> Round<'_, A> {
             }
         }
         self.read(token).await
+    }
+
+    /// The details of a deployment a listing found finished, if the token's budget has room
+    /// for their GET right now: then Ready and the details are one status write, not two.
+    /// Never a wait for budget: with 1,000 finished deployments behind a token's creates,
+    /// reading details before Ready held every Ready back by a minute. Any failure leaves
+    /// the details to be read later, as when there is no budget.
+    async fn details_if_idle(&self, token: &ApiToken, id: &str) -> Option<DeploymentDetails> {
+        if self.ctx.coordination.creates_pending(token) {
+            return None;
+        }
+        match self.ctx.api.get_if_idle(token, id).await {
+            Ok(details) if details.id == id && details.status.is_terminal() => Some(details),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(object = %self.name(), %id, error = %e, "details not read with the listing's answer");
+                None
+            }
+        }
     }
 
     /// How long to wait before reading again, when a read found no rate budget soon enough
@@ -297,6 +319,12 @@ impl Observer {
         };
         let (seen, covered_since) = list_back_to(api, token, oldest).await?;
         let mut v = tv.view.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::debug!(
+            listed = seen.len(),
+            waited_on = v.wanted.len(),
+            back_to = %oldest,
+            "listed deployments for the objects waiting on them"
+        );
         v.refreshed = Some(Instant::now());
         v.covered_since = covered_since;
         v.seen = seen;

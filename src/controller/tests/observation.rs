@@ -65,6 +65,57 @@ async fn a_ready_object_whose_details_wait_for_rate_budget_stays_ready_and_write
     assert_health(&h.status(), "Ready", "Succeeded");
 }
 
+/// An object whose first reconcile created `dep_1` and mirrored it as queued; the API then
+/// says it succeeded.
+async fn created_then_succeeded() -> Harness {
+    let mut h = Harness::new(object(spec(json!({}))));
+    h.reconcile_freely().await.unwrap();
+    assert_eq!(h.status().status.as_deref(), Some("queued"));
+    h.api().set_status("dep_1", Remote::Success);
+    h.api().take_calls();
+    h
+}
+
+#[tokio::test]
+async fn a_finished_deployment_is_ready_with_its_details_in_one_status_write_when_the_budget_is_idle()
+ {
+    let mut h = created_then_succeeded().await;
+
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::event_noting("Normal", "DeploymentSucceeded", &["dep_1"]),
+        Expect::status(|s| {
+            assert_health(s, "Ready", "Succeeded");
+            assert!(s.completed_at.is_some(), "{s:?}");
+            assert_eq!(s.build_duration.as_deref(), Some("14.2s"));
+        }),
+    ])
+    .await
+    .unwrap();
+
+    assert_eq!(h.api().take_calls(), ["list", "get dep_1"]);
+}
+
+#[tokio::test]
+async fn a_finished_deployment_is_ready_at_once_and_its_details_left_for_later_when_others_wait_for_budget()
+ {
+    let mut h = created_then_succeeded().await;
+    h.api().state().budget_busy = true;
+
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::event_noting("Normal", "DeploymentSucceeded", &["dep_1"]),
+        Expect::status(|s| {
+            assert_health(s, "Ready", "Succeeded");
+            assert_eq!(s.completed_at, None, "details are not waited for");
+        }),
+    ])
+    .await
+    .unwrap();
+
+    assert_eq!(h.api().take_calls(), ["list"]);
+}
+
 mod batched_observation {
     use super::super::support::*;
     use crate::controller::observe::{Observer, Seen};

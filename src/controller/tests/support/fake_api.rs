@@ -30,6 +30,8 @@ pub struct FakeState {
     pub logs: HashMap<String, String>,
     /// Answers of the next `reserve_create` calls (then: budget at once).
     pub budget_refusals: VecDeque<ApiError>,
+    /// Others wait for the token's budget: `get_if_idle` is refused, nothing sent.
+    pub budget_busy: bool,
 }
 
 /// The Deployments API in memory, behaving like the real one unless scripted otherwise:
@@ -274,6 +276,16 @@ impl DeploymentsApi for FakeApi {
         }
         self.deployment(id)
             .ok_or_else(|| Self::not_found(Endpoint::Get))
+    }
+
+    async fn get_if_idle(&self, token: &ApiToken, id: &str) -> Result<DeploymentDetails, ApiError> {
+        if self.state().budget_busy {
+            return Err(ApiError::Throttled {
+                endpoint: Endpoint::Get,
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        self.get(token, id).await
     }
 
     async fn cancel(&self, token: &ApiToken, id: &str) -> Result<CancelledDeployment, ApiError> {

@@ -41,7 +41,8 @@ pub(super) struct Round<'a, A: DeploymentsApi> {
     pub failure: Option<DeploymentFailure>,
     /// A live object without the cleanup finalizer yet: it goes in with the first write of
     /// `git.dev/state` (the intent of the first create, an adoption), so that it is in place
-    /// before anything exists remotely, at no cost of its own; or at the end of the round.
+    /// before anything exists remotely, at no cost of its own; or at the end of a round whose
+    /// state names something remote.
     finalizer_due: bool,
     /// What `export.rs` exported in this round (`Some(None)`: no longer exports), for the
     /// status written at the end.
@@ -194,8 +195,11 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
 
     /// Adds the cleanup finalizer, if no state write of this round carried it (a JSON patch
     /// guarded by a test of the list as read, as kube-runtime's finalizer helper makes it).
+    /// Not while the object has made nothing remote: there is nothing to clean up, and on a
+    /// Starter token hundreds of objects waiting for budget to create would each spend a
+    /// write of their own on it (it rides on the intent of their first create instead).
     async fn ensure_finalizer(&mut self) -> Result<(), Error> {
-        if !self.finalizer_due {
+        if !self.finalizer_due || !decision::made_anything(&self.state) {
             return Ok(());
         }
         self.may_write("finalizer")?;

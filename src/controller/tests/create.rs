@@ -43,10 +43,30 @@ async fn a_new_object_gets_its_finalizer_with_the_intent_of_its_first_create_bef
 }
 
 #[tokio::test]
-async fn a_new_object_that_creates_nothing_still_gets_its_finalizer_before_its_status() {
+async fn a_new_object_that_creates_nothing_gets_no_finalizer_until_it_has_something_to_clean_up() {
     let mut o = object(spec(json!({})));
     o.metadata.finalizers = Some(vec!["example.com/other".into()]);
     let mut h = Harness::without_secrets(o);
+
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::event("Warning", "CredentialsNotFound"),
+        Expect::status(|s| assert_health(s, "Stalled", "CredentialsNotFound")),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        h.object().metadata.finalizers,
+        Some(vec!["example.com/other".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn an_object_that_names_a_deployment_gets_its_finalizer_before_its_status() {
+    let mut o = tracking(spec(json!({})), "dep_1");
+    o.metadata.finalizers = Some(vec!["example.com/other".into()]);
+    let mut h = Harness::new(o);
+    h.api().add("main", None, Remote::Building);
 
     h.reconcile(vec![
         Expect::get_secret(CREDENTIALS),
@@ -60,8 +80,7 @@ async fn a_new_object_that_creates_nothing_still_gets_its_finalizer_before_its_s
                 "appended, guarded by a test of the list as read"
             );
         }),
-        Expect::event("Warning", "CredentialsNotFound"),
-        Expect::status(|s| assert_health(s, "Stalled", "CredentialsNotFound")),
+        Expect::status(|s| assert_health(s, "Reconciling", "Building")),
     ])
     .await
     .unwrap();

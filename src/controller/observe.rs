@@ -61,10 +61,24 @@ impl<A: DeploymentsApi> Round<'_, A> {
                 && self.finished_for() < DETAILS_DEFERRAL;
             if coordination.creates_pending(token) || defer_details {
                 if !mirrored.status.is_terminal() {
-                    // Not listed now, but waited on: the first listing after the creates
-                    // reaches back to it, and answers every object at once.
-                    let waiter = ObjectRef::from_obj(&self.obj);
-                    (coordination.observer).want(token, &mirrored.id, mirrored.created_at, waiter);
+                    // A listing made since found it finished (and woke this object): that is
+                    // the answer, at no cost. Else it is waited on without a listing now: the
+                    // first listing after the creates reaches back to it and answers every
+                    // object at once.
+                    let observer = &coordination.observer;
+                    match observer.finished(token, &mirrored.id) {
+                        Some(Seen::Status(status)) => {
+                            return Ok(Observed::Found(Box::new(DeploymentDetails {
+                                status,
+                                ..mirrored
+                            })));
+                        }
+                        Some(Seen::Absent) => return self.read(token).await,
+                        None => {
+                            let waiter = ObjectRef::from_obj(&self.obj);
+                            observer.want(token, &mirrored.id, mirrored.created_at, waiter);
+                        }
+                    }
                 }
                 return Ok(Observed::Found(Box::new(mirrored)));
             }
@@ -232,7 +246,17 @@ struct View {
     seen: HashMap<String, DeploymentStatus>,
     /// Deployments someone waits on: how far back a listing must go, and whom to wake.
     wanted: HashMap<String, Wanted>,
+    /// Deployments waited on that a listing found finished or gone, until their object takes
+    /// the answer ([`Observer::finished`]). Without it, an object woken while its token's
+    /// creates go on found nothing it could use once the next listing had replaced `seen`,
+    /// waited on its deployment again, and every later listing paged back to it: at 10,000
+    /// objects, more list pages than deployments.
+    finished: HashMap<String, (Seen, Instant)>,
 }
+
+/// How long a finished deployment's answer waits for its object ([`View::finished`]); one
+/// never taken (the object went another way) is dropped after this.
+const FINISHED_KEPT: Duration = Duration::from_secs(600);
 
 struct Wanted {
     created_at: Timestamp,
@@ -286,6 +310,9 @@ impl Observer {
         let fresh = |v: &View| v.refreshed.is_some_and(|t| t.elapsed() <= max_age);
         {
             let mut v = tv.view.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((seen, _)) = v.finished.remove(id) {
+                return Ok(Some(seen));
+            }
             v.wanted
                 .insert(id.to_string(), Wanted { created_at, waiter });
             if fresh(&v)
@@ -335,19 +362,27 @@ impl Observer {
             seen,
             wanted,
             covered_since,
+            finished,
             ..
         } = &mut *v;
         let wake = self.wake.get();
+        let now = Instant::now();
+        finished.retain(|_, (_, at)| now.duration_since(*at) < FINISHED_KEPT);
         wanted.retain(|wid, w| {
-            let done = match seen.get(wid) {
-                Some(s) => Seen::Status(*s).is_done(),
-                None => covered_since.is_some_and(|c| c <= w.created_at),
+            let found = match seen.get(wid) {
+                Some(s) => Some(Seen::Status(*s)),
+                None if covered_since.is_some_and(|c| c <= w.created_at) => Some(Seen::Absent),
+                None => None,
             };
-            if done && let (Some(wake), Some(waiter)) = (wake, w.waiter.take()) {
+            let Some(done) = found.filter(|f| f.is_done()) else {
+                return true;
+            };
+            if let (Some(wake), Some(waiter)) = (wake, w.waiter.take()) {
+                finished.insert(wid.clone(), (done, now));
                 // The controller may be shutting down; its next start polls anyway.
                 let _ = wake.unbounded_send(waiter);
             }
-            !done
+            false
         });
         Ok(v.answer(id, created_at))
     }
@@ -375,6 +410,14 @@ impl Observer {
             .waiter = Some(waiter);
     }
 
+    /// What a listing found of deployment `id` that its object, woken for it, has not taken
+    /// yet: finished (its status) or gone. Taken once.
+    pub fn finished(&self, token: &ApiToken, id: &str) -> Option<Seen> {
+        let tokens = lock(&self.tokens);
+        let tv = tokens.get(token)?;
+        lock(&tv.view).finished.remove(id).map(|(seen, _)| seen)
+    }
+
     /// Whether deployments of `token` are still being waited on: reading details of finished
     /// ones can wait until the listing that tells the others they finished has run.
     pub fn in_flight(&self, token: &ApiToken) -> bool {
@@ -392,9 +435,13 @@ impl Observer {
             let mut v = lock(&tv.view);
             for id in ids {
                 v.wanted.remove(id);
+                v.finished.remove(id);
             }
         }
-        tokens.retain(|_, tv| !lock(&tv.view).wanted.is_empty());
+        tokens.retain(|_, tv| {
+            let v = lock(&tv.view);
+            !v.wanted.is_empty() || !v.finished.is_empty()
+        });
     }
 }
 

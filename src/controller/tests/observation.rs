@@ -65,6 +65,46 @@ async fn a_ready_object_whose_details_wait_for_rate_budget_stays_ready_and_write
     assert_health(&h.status(), "Ready", "Succeeded");
 }
 
+#[tokio::test]
+async fn an_object_woken_while_creates_go_on_turns_ready_from_the_listing_that_woke_it() {
+    use kube::runtime::reflector::ObjectRef;
+    let mut h = created_then_succeeded().await;
+    let token = ApiToken::new(TOKEN);
+    let (wake, mut woken) = futures::channel::mpsc::unbounded();
+    let ctx = h.ctx.clone();
+    let observer = &ctx.coordination.observer;
+    observer.wake_into(wake);
+    // Polled while another object's create waits: waited on, not listed.
+    let pending = ctx.coordination.create_pending(&token);
+    h.reconcile_freely().await.unwrap();
+    assert!(
+        h.api().take_calls().is_empty(),
+        "nothing read during creates"
+    );
+    // Another object's poll lists, finds dep_1 finished and wakes this one.
+    let other = h.api().add("main", None, Remote::Deploying);
+    observer
+        .status(h.api(), &token, &other, wire_now(), Duration::ZERO, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        woken.try_recv().ok(),
+        Some(ObjectRef::from_obj(&h.object()))
+    );
+    h.api().take_calls();
+
+    // Woken, with creates still going on, it takes that answer: Ready, nothing read.
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::event_noting("Normal", "DeploymentSucceeded", &["dep_1"]),
+        Expect::status(|s| assert_health(s, "Ready", "Succeeded")),
+    ])
+    .await
+    .unwrap();
+    assert!(h.api().take_calls().is_empty());
+    drop(pending);
+}
+
 /// An object whose first reconcile created `dep_1` and mirrored it as queued; the API then
 /// says it succeeded.
 async fn created_then_succeeded() -> Harness {
@@ -215,6 +255,49 @@ mod batched_observation {
         assert_eq!(api.take_calls(), ["list", "list"]);
         let refs: Vec<_> = std::iter::from_fn(|| woken.try_recv().ok()).collect();
         assert_eq!(refs, [ObjectRef::new("app-old").within("team")]);
+    }
+
+    #[tokio::test]
+    async fn a_woken_object_finds_its_answer_after_later_listings_and_is_not_listed_back_to_again()
+    {
+        use kube::runtime::reflector::ObjectRef;
+        let api = fake();
+        let old = api.add("main", None, Remote::Success);
+        api.state().deployments[0].created_at = wire_now() - Duration::from_secs(3600);
+        let old_created = api.state().deployments[0].created_at;
+        for _ in 0..150 {
+            let filler = api.add("main", None, Remote::Success);
+            let mut st = api.state();
+            let d = st.deployments.iter_mut().find(|d| d.id == filler).unwrap();
+            d.created_at = wire_now() - Duration::from_secs(60);
+        }
+        let new = api.add("main", None, Remote::Deploying);
+        let observer = Observer::default();
+        let (wake, mut woken) = futures::channel::mpsc::unbounded();
+        observer.wake_into(wake);
+        let token = ApiToken::new("sk_test_write");
+        let app_old = ObjectRef::new("app-old").within("team");
+        observer.want(&token, &old, old_created, app_old.clone());
+        let listed = |max_age| observer.status(&api, &token, &new, wire_now(), max_age, None);
+        listed(Duration::ZERO).await.unwrap();
+        assert_eq!(
+            api.take_calls(),
+            ["list", "list"],
+            "reaches back to the old one"
+        );
+        assert_eq!(woken.try_recv().ok(), Some(app_old));
+
+        // Its object is slow to come (creates hold the slots); more listings run meanwhile,
+        // reaching back only to what is still in flight.
+        listed(Duration::ZERO).await.unwrap();
+        listed(Duration::ZERO).await.unwrap();
+        assert_eq!(api.take_calls(), ["list", "list"], "one page each");
+
+        assert_eq!(
+            observer.finished(&token, &old),
+            Some(Seen::Status(Remote::Success))
+        );
+        assert_eq!(observer.finished(&token, &old), None, "taken once");
     }
 
     #[tokio::test]

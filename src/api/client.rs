@@ -658,6 +658,10 @@ impl DeploymentsApi for HttpClient {
         classify::decode(Endpoint::Get, status, &body)
     }
 
+    fn has_room(&self, token: &ApiToken) -> bool {
+        self.budget_of(token).has_room()
+    }
+
     async fn cancel(&self, token: &ApiToken, id: &str) -> Result<CancelledDeployment, ApiError> {
         self.call_json(
             Endpoint::Cancel,

@@ -513,6 +513,13 @@ impl Budget {
     pub fn waiting(&self) -> usize {
         self.lock().queue.len()
     }
+
+    /// Whether a call could be sent now without waiting and without taking a token someone
+    /// already waits for.
+    pub fn has_room(&self) -> bool {
+        let st = self.lock();
+        st.queue.is_empty() && st.bucket.time_until(1.0, Instant::now()).is_zero()
+    }
 }
 
 struct QueueGuard<'a> {
@@ -925,6 +932,31 @@ mod tests {
         assert_eq!(snap.in_flight, 0);
         assert!(snap.synced);
         assert!(snap.remaining >= 19.0 && snap.remaining < 19.1);
+    }
+
+    #[tokio::test]
+    async fn a_budget_has_room_with_a_token_there_and_nobody_waiting_for_it() {
+        let budget = empty_budget(60); // one token a second
+        assert!(!budget.has_room(), "no token");
+        budget.lock().bucket.tokens = 1.5;
+        assert!(budget.has_room());
+
+        let waiting = {
+            let budget = budget.clone();
+            budget.lock().bucket.tokens = 0.0;
+            tokio::spawn(async move {
+                budget
+                    .acquire(Priority::Create, Duration::from_secs(30))
+                    .await
+            })
+        };
+        while budget.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Tokens came in, but the create waiting is first in line for them.
+        budget.lock().bucket.tokens = 5.0;
+        assert!(!budget.has_room(), "someone waits");
+        waiting.abort();
     }
 
     #[tokio::test]

@@ -54,12 +54,17 @@ impl<A: DeploymentsApi> Round<'_, A> {
             };
         }
         if let Some(mirrored) = self.mirrored() {
-            // Creates first: what is mirrored stands until they are done. Then the listing that
-            // makes the other objects Ready, before the details of finished ones.
+            // Creates first, while they wait for the budget: what is mirrored stands until they
+            // are sent. (A token whose budget has room, its creates bound by Kubernetes writes
+            // as at 10,000 objects, observes meanwhile: waiting would only leave every object
+            // to be marked Ready after the last create.) Then the listing that makes the other
+            // objects Ready, before the details of finished ones.
+            let creates_first =
+                coordination.creates_pending(token) && !self.ctx.api.has_room(token);
             let defer_details = decision::details_pending(&mirrored)
                 && coordination.observer.in_flight(token)
                 && self.finished_for() < DETAILS_DEFERRAL;
-            if coordination.creates_pending(token) || defer_details {
+            if creates_first || defer_details {
                 if !mirrored.status.is_terminal() {
                     // A listing made since found it finished (and woke this object): that is
                     // the answer, at no cost. Else it is waited on without a listing now: the
@@ -117,14 +122,12 @@ impl<A: DeploymentsApi> Round<'_, A> {
     }
 
     /// The details of a deployment a listing found finished, if the token's budget has room
-    /// for their GET right now: then Ready and the details are one status write, not two.
-    /// Never a wait for budget: with 1,000 finished deployments behind a token's creates,
-    /// reading details before Ready held every Ready back by a minute. Any failure leaves
-    /// the details to be read later, as when there is no budget.
+    /// for their GET right now (nobody waits for it, creates included): then Ready and the
+    /// details are one status write, not two. Never a wait for budget: with 1,000 finished
+    /// deployments behind a token's creates, reading details before Ready held every Ready
+    /// back by a minute. Any failure leaves the details to be read later, as when there is
+    /// no budget.
     async fn details_if_idle(&self, token: &ApiToken, id: &str) -> Option<DeploymentDetails> {
-        if self.ctx.coordination.creates_pending(token) {
-            return None;
-        }
         match self.ctx.api.get_if_idle(token, id).await {
             Ok(details) if details.id == id && details.status.is_terminal() => Some(details),
             Ok(_) => None,

@@ -30,7 +30,7 @@ pub struct FakeState {
     pub logs: HashMap<String, String>,
     /// Answers of the next `reserve_create` calls (then: budget at once).
     pub budget_refusals: VecDeque<ApiError>,
-    /// Others wait for the token's budget: `get_if_idle` is refused, nothing sent.
+    /// Others wait for the token's budget: `has_room` says no, `get_if_idle` is refused.
     pub budget_busy: bool,
 }
 
@@ -286,6 +286,10 @@ impl DeploymentsApi for FakeApi {
             });
         }
         self.get(token, id).await
+    }
+
+    fn has_room(&self, _token: &ApiToken) -> bool {
+        !self.state().budget_busy
     }
 
     async fn cancel(&self, token: &ApiToken, id: &str) -> Result<CancelledDeployment, ApiError> {

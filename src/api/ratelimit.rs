@@ -514,11 +514,13 @@ impl Budget {
         self.lock().queue.len()
     }
 
-    /// Whether a call could be sent now without waiting and without taking a token someone
-    /// already waits for.
+    /// Whether the budget has room to spare: nobody waits for it and a tenth of its burst is
+    /// there (at least one token). Not merely a token: a budget spent as fast as it refills
+    /// has one now and then between two creates, and what is sent then is a create later.
     pub fn has_room(&self) -> bool {
         let st = self.lock();
-        st.queue.is_empty() && st.bucket.time_until(1.0, Instant::now()).is_zero()
+        let spare = (st.bucket.capacity / 10.0).max(1.0);
+        st.queue.is_empty() && st.bucket.time_until(spare, Instant::now()).is_zero()
     }
 }
 
@@ -935,11 +937,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_budget_has_room_with_a_token_there_and_nobody_waiting_for_it() {
-        let budget = empty_budget(60); // one token a second
+    async fn a_budget_has_room_with_a_tenth_of_its_burst_there_and_nobody_waiting_for_it() {
+        let budget = empty_budget(600); // burst 120
         assert!(!budget.has_room(), "no token");
-        budget.lock().bucket.tokens = 1.5;
-        assert!(budget.has_room());
+        budget.lock().bucket.tokens = 5.0;
+        assert!(!budget.has_room(), "a few tokens, as between two creates");
+        budget.lock().bucket.tokens = 12.5;
+        assert!(budget.has_room(), "a tenth of the burst");
 
         let waiting = {
             let budget = budget.clone();
@@ -954,7 +958,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // Tokens came in, but the create waiting is first in line for them.
-        budget.lock().bucket.tokens = 5.0;
+        budget.lock().bucket.tokens = 50.0;
         assert!(!budget.has_room(), "someone waits");
         waiting.abort();
     }

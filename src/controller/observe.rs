@@ -79,7 +79,7 @@ impl<A: DeploymentsApi> Round<'_, A> {
                             })));
                         }
                         Some(Seen::Absent) => return self.read(token).await,
-                        None => {
+                        Some(Seen::NotYet) | None => {
                             let waiter = ObjectRef::from_obj(&self.obj);
                             observer.want(token, &mirrored.id, mirrored.created_at, waiter);
                         }
@@ -104,6 +104,9 @@ impl<A: DeploymentsApi> Round<'_, A> {
                     Some(ObjectRef::from_obj(&self.obj)),
                 )
                 .await?;
+            if seen == Some(Seen::NotYet) {
+                return Ok(Observed::Found(Box::new(mirrored)));
+            }
             if let Some(Seen::Status(status)) = seen {
                 if status.is_terminal()
                     && let Some(details) = self.details_if_idle(token, &mirrored.id).await
@@ -212,6 +215,9 @@ pub enum Seen {
     Status(DeploymentStatus),
     /// The listing covered its creation time and it was not there: deleted.
     Absent,
+    /// Made after the listing was taken (it is newer than anything listed): the next listing
+    /// will tell. Not a reason to GET it.
+    NotYet,
 }
 
 impl Seen {
@@ -220,6 +226,7 @@ impl Seen {
         match self {
             Seen::Status(s) => s.is_terminal(),
             Seen::Absent => true,
+            Seen::NotYet => false,
         }
     }
 }
@@ -244,8 +251,8 @@ struct TokenView {
 #[derive(Default)]
 struct View {
     refreshed: Option<Instant>,
-    /// Oldest creation time the last listing reached back to.
-    covered_since: Option<Timestamp>,
+    /// The creation times the last listing vouches for.
+    coverage: Option<Coverage>,
     seen: HashMap<String, DeploymentStatus>,
     /// Deployments someone waits on: how far back a listing must go, and whom to wake.
     wanted: HashMap<String, Wanted>,
@@ -278,13 +285,43 @@ impl View {
     }
 
     fn answer(&self, id: &str, created_at: Timestamp) -> Option<Seen> {
-        match self.seen.get(id) {
-            Some(s) => Some(Seen::Status(*s)),
-            None if self.covered_since.is_some_and(|c| c <= created_at) => Some(Seen::Absent),
-            None => None,
-        }
+        place(&self.seen, self.coverage, id, created_at)
     }
 }
+
+/// What a listing (`seen`, vouching for `coverage`) says of deployment `id`; `None` when it
+/// did not reach back to its creation.
+fn place(
+    seen: &HashMap<String, DeploymentStatus>,
+    coverage: Option<Coverage>,
+    id: &str,
+    created_at: Timestamp,
+) -> Option<Seen> {
+    if let Some(s) = seen.get(id) {
+        return Some(Seen::Status(*s));
+    }
+    let c = coverage.filter(|c| c.since <= created_at)?;
+    Some(if created_at < c.until {
+        Seen::Absent
+    } else {
+        Seen::NotYet
+    })
+}
+
+/// The creation times for which a listing shows every deployment there is: from the oldest
+/// it reached back to, up to (not including) the newest it showed. A deployment made after
+/// the listing was taken is newer than anything it showed, and not gone for being missing;
+/// one missing that is older than a minute before the listing is, even if nothing newer was
+/// made since (the operator's and the API's clocks may differ by that much).
+#[derive(Clone, Copy, Debug)]
+struct Coverage {
+    since: Timestamp,
+    until: Timestamp,
+}
+
+/// How much older than a listing (by the operator's clock) a deployment's creation time must
+/// be for the listing to vouch for it when nothing newer was listed.
+const LISTING_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 impl Observer {
     fn view(&self, token: &ApiToken) -> Arc<TokenView> {
@@ -347,7 +384,7 @@ impl Observer {
                 .min()
                 .unwrap_or(created_at)
         };
-        let (seen, covered_since) = list_back_to(api, token, oldest).await?;
+        let (seen, coverage) = list_back_to(api, token, oldest).await?;
         let mut v = tv.view.lock().unwrap_or_else(|e| e.into_inner());
         tracing::debug!(
             listed = seen.len(),
@@ -356,7 +393,7 @@ impl Observer {
             "listed deployments for the objects waiting on them"
         );
         v.refreshed = Some(Instant::now());
-        v.covered_since = covered_since;
+        v.coverage = Some(coverage);
         v.seen = seen;
         // Finished and vanished deployments need no more listing on their account; their
         // objects (but those waiting for this listing, who have their answer) are reconciled
@@ -364,7 +401,7 @@ impl Observer {
         let View {
             seen,
             wanted,
-            covered_since,
+            coverage,
             finished,
             ..
         } = &mut *v;
@@ -372,11 +409,7 @@ impl Observer {
         let now = Instant::now();
         finished.retain(|_, (_, at)| now.duration_since(*at) < FINISHED_KEPT);
         wanted.retain(|wid, w| {
-            let found = match seen.get(wid) {
-                Some(s) => Some(Seen::Status(*s)),
-                None if covered_since.is_some_and(|c| c <= w.created_at) => Some(Seen::Absent),
-                None => None,
-            };
+            let found = place(seen, *coverage, wid, w.created_at);
             let Some(done) = found.filter(|f| f.is_done()) else {
                 return true;
             };
@@ -457,21 +490,28 @@ async fn list_back_to<A: DeploymentsApi>(
     api: &A,
     token: &ApiToken,
     oldest: Timestamp,
-) -> Result<(HashMap<String, DeploymentStatus>, Option<Timestamp>), ApiError> {
+) -> Result<(HashMap<String, DeploymentStatus>, Coverage), ApiError> {
+    let listed_at = Timestamp::now();
     let rows = list_newest_back_to(api, token, oldest).await?;
-    let covered_since = match rows.last() {
-        // Creation times are whole seconds: a deployment created in the same second as the
-        // last row may be on the next page, so coverage starts one second later.
-        // `checked_add`: the API's timestamps are input too.
-        Some(last) if last.created_at < oldest => Some(
-            last.created_at
-                .checked_add(Duration::from_secs(1))
-                .unwrap_or(last.created_at),
-        ),
-        _ => Some(Timestamp::MIN),
+    // Creation times are whole seconds: a deployment created in the same second as the last
+    // row may be on the next page, so coverage starts one second later; one created in the
+    // same second as the first may have been made after the listing. `checked_*`: the API's
+    // timestamps are input too.
+    let since = match rows.last() {
+        Some(last) if last.created_at < oldest => last
+            .created_at
+            .checked_add(Duration::from_secs(1))
+            .unwrap_or(last.created_at),
+        _ => Timestamp::MIN,
     };
+    let vouched = listed_at
+        .checked_sub(LISTING_CLOCK_SKEW)
+        .unwrap_or(Timestamp::MIN);
+    let until = rows
+        .first()
+        .map_or(vouched, |newest| newest.created_at.max(vouched));
     Ok((
         rows.into_iter().map(|d| (d.id, d.status)).collect(),
-        covered_since,
+        Coverage { since, until },
     ))
 }

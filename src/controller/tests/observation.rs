@@ -214,15 +214,48 @@ mod batched_observation {
         api.add("main", None, Remote::Queued);
         let observer = Observer::default();
         let token = ApiToken::new("sk_test_write");
+        // Older than the newest deployment listed: it would have been listed.
+        let before = wire_now() - Duration::from_secs(5);
         let seen = observer
             .status(
                 &api,
                 &token,
                 "dep_gone",
-                wire_now(),
+                before,
                 Duration::from_secs(5),
                 None,
             )
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(Seen::Absent));
+    }
+
+    #[tokio::test]
+    async fn a_deployment_made_after_the_listing_is_not_yet_listed_rather_than_absent() {
+        let api = fake();
+        api.add("main", None, Remote::Queued);
+        let observer = Observer::default();
+        let token = ApiToken::new("sk_test_write");
+        let now = wire_now();
+        let listed = |id: &'static str, created: Timestamp| {
+            observer.status(&api, &token, id, created, Duration::from_secs(60), None)
+        };
+        listed("dep_1", now).await.unwrap();
+        // Made in the listing's last second or after it: the fresh listing cannot tell.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(listed("dep_new", later).await.unwrap(), Some(Seen::NotYet));
+        assert_eq!(
+            listed("dep_same_second", now).await.unwrap(),
+            Some(Seen::NotYet)
+        );
+        assert_eq!(api.take_calls(), ["list"], "no listing and no GET for them");
+
+        // Long before the listing, even with nothing newer listed: gone.
+        let observer = Observer::default();
+        api.state().deployments.clear();
+        let old = now - Duration::from_secs(600);
+        let seen = observer
+            .status(&api, &token, "dep_old", old, Duration::from_secs(60), None)
             .await
             .unwrap();
         assert_eq!(seen, Some(Seen::Absent));

@@ -215,8 +215,9 @@ pub enum Seen {
     Status(DeploymentStatus),
     /// The listing covered its creation time and it was not there: deleted.
     Absent,
-    /// Made after the listing was taken (it is newer than anything listed): the next listing
-    /// will tell. Not a reason to GET it.
+    /// Not placed yet: made after the listing was taken (newer than anything it showed), or
+    /// a listing is under way. A later listing tells (and wakes its object if it finished);
+    /// not a reason to GET it.
     NotYet,
 }
 
@@ -360,20 +361,26 @@ impl Observer {
             {
                 return Ok(Some(seen));
             }
-            // The listing this caller waits for answers it; waking it as well would only run
-            // its reconcile again at once, on an object its own writes have not reached yet.
-            if let Some(w) = v.wanted.get_mut(id) {
-                w.waiter = None;
-            }
         }
-        let _flight = tv.refresh.lock().await;
+        let Ok(_flight) = tv.refresh.try_lock() else {
+            // A listing is under way: it wakes this object if it finds the deployment
+            // finished. Waiting for it would hold a reconcile slot for as long as the listing
+            // waits for budget, seconds behind a burst of creates; with every slot so held,
+            // objects went unpolled for minutes.
+            return Ok(Some(Seen::NotYet));
+        };
         {
-            // Someone else refreshed while we waited for the flight.
             let mut v = tv.view.lock().unwrap_or_else(|e| e.into_inner());
+            // Someone else refreshed just before.
             if fresh(&v)
                 && let Some(seen) = v.answer_once(id, created_at)
             {
                 return Ok(Some(seen));
+            }
+            // The listing this caller makes answers it; waking it as well would only run its
+            // reconcile again at once, on an object its own writes have not reached yet.
+            if let Some(w) = v.wanted.get_mut(id) {
+                w.waiter = None;
             }
         }
         let oldest = {

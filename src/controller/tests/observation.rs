@@ -359,6 +359,47 @@ mod batched_observation {
     }
 
     #[tokio::test]
+    async fn a_poll_that_finds_a_listing_under_way_returns_at_once_and_is_woken_by_it() {
+        use kube::runtime::reflector::ObjectRef;
+        let api = fake();
+        let a = api.add("main", None, Remote::Deploying);
+        let b = api.add("main", None, Remote::Deploying);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        api.state().list_held = Some(gate.clone());
+        let observer = Observer::default();
+        let (wake, mut woken) = futures::channel::mpsc::unbounded();
+        observer.wake_into(wake);
+        let token = ApiToken::new("sk_test_write");
+        let now = wire_now();
+
+        // a's poll lists; its listing waits for budget.
+        let first = observer.status(&api, &token, &a, now, Duration::ZERO, None);
+        tokio::pin!(first);
+        assert!(futures::poll!(&mut first).is_pending());
+        // b's poll does not wait for it in its reconcile slot.
+        let object_b = ObjectRef::new("app-b").within("team");
+        let seen = observer
+            .status(
+                &api,
+                &token,
+                &b,
+                now,
+                Duration::ZERO,
+                Some(object_b.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(Seen::NotYet));
+
+        // b finishes before the listing is sent: the listing wakes its object.
+        api.set_status(&b, Remote::Success);
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap(), Some(Seen::Status(Remote::Deploying)));
+        assert_eq!(woken.try_recv().ok(), Some(object_b));
+        assert_eq!(api.take_calls(), ["list"]);
+    }
+
+    #[tokio::test]
     async fn a_listing_made_for_one_object_wakes_the_others_whose_deployment_finished() {
         use kube::runtime::reflector::ObjectRef;
         let api = fake();

@@ -32,6 +32,8 @@ pub struct FakeState {
     pub budget_refusals: VecDeque<ApiError>,
     /// Others wait for the token's budget: `has_room` says no, `get_if_idle` is refused.
     pub budget_busy: bool,
+    /// Set: a listing waits for a permit of this before it answers (one waiting for budget).
+    pub list_held: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// The Deployments API in memory, behaving like the real one unless scripted otherwise:
@@ -239,6 +241,10 @@ impl DeploymentsApi for FakeApi {
     async fn list(&self, token: &ApiToken, query: &ListQuery) -> Result<DeploymentList, ApiError> {
         if let Some(Script::Fail(e)) = self.enter(Endpoint::List, None, token) {
             return Err(e);
+        }
+        let held = self.state().list_held.clone();
+        if let Some(gate) = held {
+            gate.acquire().await.expect("the gate stays open").forget();
         }
         let st = self.state();
         let all: Vec<_> = st

@@ -125,12 +125,18 @@ impl<A: DeploymentsApi> Round<'_, A> {
     }
 
     /// The details of a deployment a listing found finished, if the token's budget has room
-    /// for their GET right now (nobody waits for it, creates included): then Ready and the
+    /// to spare for their GET right now (nobody waits for it, creates included): then Ready and the
     /// details are one status write, not two. Never a wait for budget: with 1,000 finished
     /// deployments behind a token's creates, reading details before Ready held every Ready
     /// back by a minute. Any failure leaves the details to be read later, as when there is
     /// no budget.
     async fn details_if_idle(&self, token: &ApiToken, id: &str) -> Option<DeploymentDetails> {
+        // Room to spare, not just a token: after a budget-bound burst, a thousand objects
+        // turning Ready each took the next token for their details, and turned Ready at the
+        // budget's pace (a minute for Pro 1,000) instead of at once.
+        if !self.ctx.api.has_room(token) {
+            return None;
+        }
         match self.ctx.api.get_if_idle(token, id).await {
             Ok(details) if details.id == id && details.status.is_terminal() => Some(details),
             Ok(_) => None,

@@ -214,20 +214,20 @@ pub trait DeploymentsApi: Send + Sync + 'static {
     /// making only when it costs no other call a wait: the completion details of a deployment
     /// that just finished, read before its object is marked Ready, so that one status write
     /// says both.
+    ///
+    /// No default: a wrapper that fell back to [`Self::get`] would wait for budget where the
+    /// caller counts on not waiting (the leader fence once did, and Pro 1,000 took twice its
+    /// floor).
     fn get_if_idle(
         &self,
         token: &ApiToken,
         id: &str,
-    ) -> impl Future<Output = Result<DeploymentDetails, ApiError>> + Send {
-        self.get(token, id)
-    }
+    ) -> impl Future<Output = Result<DeploymentDetails, ApiError>> + Send;
 
-    /// Whether `token`'s rate budget has room for a call now, with nobody waiting for it: the
-    /// token's creates, if any, are not held back by what else it is spent on.
-    fn has_room(&self, token: &ApiToken) -> bool {
-        let _ = token;
-        true
-    }
+    /// Whether `token`'s rate budget has room to spare now, with nobody waiting for it: the
+    /// token's creates, if any, are not held back by what else it is spent on. No default,
+    /// for the reason given at [`Self::get_if_idle`].
+    fn has_room(&self, token: &ApiToken) -> bool;
 
     fn cancel(
         &self,

@@ -155,6 +155,14 @@ mod tests {
             unused()
         }
 
+        async fn get_if_idle(&self, _: &ApiToken, _: &str) -> Result<DeploymentDetails, ApiError> {
+            unused()
+        }
+
+        fn has_room(&self, _: &ApiToken) -> bool {
+            true
+        }
+
         async fn cancel(&self, _: &ApiToken, _: &str) -> Result<CancelledDeployment, ApiError> {
             unused()
         }

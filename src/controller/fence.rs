@@ -110,6 +110,18 @@ impl<A: DeploymentsApi> DeploymentsApi for Fenced<A> {
         self.inner.get(token, id)
     }
 
+    fn get_if_idle(
+        &self,
+        token: &ApiToken,
+        id: &str,
+    ) -> impl Future<Output = Result<DeploymentDetails, ApiError>> + Send {
+        self.inner.get_if_idle(token, id)
+    }
+
+    fn has_room(&self, token: &ApiToken) -> bool {
+        self.inner.has_room(token)
+    }
+
     async fn cancel(&self, token: &ApiToken, id: &str) -> Result<CancelledDeployment, ApiError> {
         self.fence.check(Endpoint::Cancel)?;
         self.inner.cancel(token, id).await

@@ -50,3 +50,20 @@ async fn a_replica_that_lost_the_lease_sends_no_write_but_still_reads() {
 fn without_leader_election_the_fence_is_always_open() {
     assert!(Fence::open().holds());
 }
+
+#[tokio::test]
+async fn the_fence_passes_on_what_the_budget_says_of_reads_that_must_not_wait() {
+    let api = Fenced {
+        inner: FakeApi::new(Timeline::default()),
+        fence: Fence::open(),
+    };
+    let token = ApiToken::new(TOKEN);
+    let id = api.inner.add("main", None, Remote::Success);
+    assert!(api.has_room(&token));
+    assert!(api.get_if_idle(&token, &id).await.is_ok());
+
+    api.inner.state().budget_busy = true;
+    assert!(!api.has_room(&token));
+    let refused = api.get_if_idle(&token, &id).await.unwrap_err();
+    assert!(matches!(refused, ApiError::Throttled { .. }), "{refused:?}");
+}

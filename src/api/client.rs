@@ -504,6 +504,27 @@ impl HttpClient {
         }
     }
 
+    /// `GET /deployments/{id}`, its first attempt spending `reserved` if given.
+    async fn get_with(
+        &self,
+        reserved: Option<Permit>,
+        token: &ApiToken,
+        id: &str,
+    ) -> Result<DeploymentDetails, ApiError> {
+        let (status, body) = self
+            .execute_with(
+                reserved,
+                Endpoint::Get,
+                token,
+                Method::GET,
+                self.url(&["deployments", id]),
+                None,
+                None,
+            )
+            .await?;
+        classify::decode(Endpoint::Get, status, &body)
+    }
+
     async fn call_json<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
@@ -622,15 +643,7 @@ impl DeploymentsApi for HttpClient {
     }
 
     async fn get(&self, token: &ApiToken, id: &str) -> Result<DeploymentDetails, ApiError> {
-        self.call_json(
-            Endpoint::Get,
-            token,
-            Method::GET,
-            self.url(&["deployments", id]),
-            None,
-            None,
-        )
-        .await
+        self.get_with(None, token, id).await
     }
 
     async fn get_if_idle(&self, token: &ApiToken, id: &str) -> Result<DeploymentDetails, ApiError> {
@@ -644,18 +657,7 @@ impl DeploymentsApi for HttpClient {
                 retry_after: refused.retry_after,
             })?;
         self.notify_wait(Endpoint::Get, Duration::ZERO);
-        let (status, body) = self
-            .execute_with(
-                Some(permit),
-                Endpoint::Get,
-                token,
-                Method::GET,
-                self.url(&["deployments", id]),
-                None,
-                None,
-            )
-            .await?;
-        classify::decode(Endpoint::Get, status, &body)
+        self.get_with(Some(permit), token, id).await
     }
 
     fn has_room(&self, token: &ApiToken) -> bool {

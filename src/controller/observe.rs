@@ -59,11 +59,10 @@ impl<A: DeploymentsApi> Round<'_, A> {
             // then cost 1.7 list pages and one more status write per deployment, and the
             // creates took twice as long. Then the listing that makes the other objects Ready,
             // before the details of finished ones.
-            let creates_first = coordination.creates_pending(token);
             let defer_details = decision::details_pending(&mirrored)
                 && coordination.observer.in_flight(token)
                 && self.finished_for() < DETAILS_DEFERRAL;
-            if creates_first || defer_details {
+            if coordination.creates_pending(token) || defer_details {
                 if !mirrored.status.is_terminal() {
                     // A listing made since found it finished (and woke this object): that is
                     // the answer, at no cost. Else it is waited on without a listing now: the
@@ -123,16 +122,13 @@ impl<A: DeploymentsApi> Round<'_, A> {
         self.read(token).await
     }
 
-    /// The details of a deployment a listing found finished, if the token's budget has room
-    /// to spare for their GET right now (nobody waits for it, creates included): then Ready and the
-    /// details are one status write, not two. Never a wait for budget: with 1,000 finished
-    /// deployments behind a token's creates, reading details before Ready held every Ready
-    /// back by a minute. Any failure leaves the details to be read later, as when there is
-    /// no budget.
+    /// The details of a deployment a listing found finished, if the token's budget has room to
+    /// spare for their GET right now (`has_room`: nobody waiting, creates included, and more
+    /// than the odd token): then Ready and the details are one status write, not two. Never a
+    /// wait for budget: with 1,000 finished deployments behind a token's creates, reading
+    /// details before Ready held every Ready back by a minute. Any failure leaves the details
+    /// to be read later, as when there is no room.
     async fn details_if_idle(&self, token: &ApiToken, id: &str) -> Option<DeploymentDetails> {
-        // Room to spare, not just a token: after a budget-bound burst, a thousand objects
-        // turning Ready each took the next token for their details, and turned Ready at the
-        // budget's pace (a minute for Pro 1,000) instead of at once.
         if !self.ctx.api.has_room(token) {
             return None;
         }

@@ -57,6 +57,12 @@ struct Args {
     #[arg(long, env = "GITDEV_CONCURRENCY", default_value_t = 64)]
     concurrency: u16,
 
+    /// Give freed heap memory back to the system each time resident memory has grown by this
+    /// many MiB since the last time (0: never). Without it, memory freed after a burst stays
+    /// resident at the burst's peak.
+    #[arg(long, env = "GITDEV_HEAP_TRIM_STEP_MIB", default_value_t = 4)]
+    heap_trim_step_mib: u64,
+
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "GITDEV_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -194,6 +200,7 @@ async fn shutdown_signal() {
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
+    gitdev::memory::start_trimming(args.heap_trim_step_mib.saturating_mul(1 << 20));
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -28,9 +28,10 @@ impl<A: DeploymentsApi> Round<'_, A> {
         fingerprint: &str,
     ) -> Result<Observed, ApiError> {
         let slot = self.ctx.api.reserve_create(token).await?;
+        let intent_at = Timestamp::now();
         self.state.intent = Some(Intent {
             fingerprint: fingerprint.to_string(),
-            at: Timestamp::now(),
+            at: intent_at,
         });
         if let Err(e) = self.save_state().await {
             // Nothing was sent: the next reconcile starts over.
@@ -60,7 +61,7 @@ impl<A: DeploymentsApi> Round<'_, A> {
                     cancelled_at: None,
                 });
                 let uid = self.obj.metadata.uid.as_deref().unwrap_or_default();
-                coordination.note_created(uid, made.clone());
+                coordination.note_created(uid, intent_at, made.clone());
                 made
             })
         };
@@ -71,7 +72,7 @@ impl<A: DeploymentsApi> Round<'_, A> {
                 // The deployment exists whatever happens next; the intent left in place on a
                 // failed write is resolved by `find_created` on the next reconcile.
                 if let Err(e) = self.save_state().await {
-                    tracing::warn!(id = %created.id, error = %e, "recording a created deployment failed; it will be found again through its intent");
+                    tracing::warn!(id = %created.id, error = %e, "recording a created deployment failed; the next reconcile takes it from memory, or finds it again through its intent");
                 }
                 self.event(
                     EventType::Normal,

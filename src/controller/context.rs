@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::core::PartialObjectMeta;
@@ -218,9 +219,22 @@ struct Made {
     /// The creating object's uid.
     by: String,
     at: Instant,
+    /// The time of the intent the create was sent for.
+    intent_at: Timestamp,
+    /// When the object's state annotation was written with this deployment.
+    recorded: Option<Instant>,
     /// What the create answered: the deployment as it is until a listing says otherwise, for
     /// reconciles that read the object before its status mirrors it.
     answer: Arc<DeploymentDetails>,
+}
+
+/// A create this process sent and was answered.
+#[derive(Debug)]
+pub enum CreateOfIntent {
+    /// Its deployment was written into the object's state annotation at `since`.
+    Recorded { since: Instant },
+    /// Writing it into the state annotation failed; this is what the create answered.
+    Unrecorded(Arc<DeploymentDetails>),
 }
 
 /// A poisoned lock only means another reconcile panicked while holding it; the maps it guards
@@ -309,8 +323,9 @@ impl Coordination {
         (key, gate)
     }
 
-    /// Claims `answer.id` for the object `uid` the moment its create was answered.
-    pub fn note_created(&self, uid: &str, answer: Arc<DeploymentDetails>) {
+    /// Claims `answer.id` for the object `uid` the moment its create (sent for the intent of
+    /// `intent_at`) was answered.
+    pub fn note_created(&self, uid: &str, intent_at: Timestamp, answer: Arc<DeploymentDetails>) {
         let mut created = lock(&self.created_here);
         created.retain(|_, made| made.at.elapsed() < CLAIM_MEMORY);
         created.insert(
@@ -318,9 +333,29 @@ impl Coordination {
             Made {
                 by: uid.to_string(),
                 at: Instant::now(),
+                intent_at,
+                recorded: None,
                 answer,
             },
         );
+    }
+
+    /// The object's state annotation now names deployment `id`.
+    pub fn note_recorded(&self, id: &str) {
+        if let Some(made) = lock(&self.created_here).get_mut(id) {
+            made.recorded = Some(Instant::now());
+        }
+    }
+
+    /// What this process knows of the create object `uid` sent for its intent of `intent_at`.
+    pub fn create_of_intent(&self, uid: &str, intent_at: Timestamp) -> Option<CreateOfIntent> {
+        lock(&self.created_here)
+            .values()
+            .find(|made| made.by == uid && made.intent_at == intent_at)
+            .map(|made| match made.recorded {
+                Some(at) => CreateOfIntent::Recorded { since: at },
+                None => CreateOfIntent::Unrecorded(made.answer.clone()),
+            })
     }
 
     /// The object (by uid) that created `id` in this process, while that is remembered.
@@ -500,7 +535,7 @@ mod tests {
     #[test]
     fn the_create_answer_is_kept_for_the_object_that_made_it_only() {
         let c = Coordination::default();
-        c.note_created("uid-1", made("dep_1"));
+        c.note_created("uid-1", Timestamp::now(), made("dep_1"));
         assert_eq!(c.create_answer("dep_1", "uid-1").unwrap().id, "dep_1");
         assert!(c.create_answer("dep_1", "uid-2").is_none());
         assert!(c.create_answer("dep_2", "uid-1").is_none());
@@ -511,8 +546,8 @@ mod tests {
         let c = Coordination::default();
         let key = ("ns".to_string(), "web".to_string());
         c.next_backoff(key.clone());
-        c.note_created("uid-1", made("dep_1"));
-        c.note_created("uid-2", made("dep_2"));
+        c.note_created("uid-1", Timestamp::now(), made("dep_1"));
+        c.note_created("uid-2", Timestamp::now(), made("dep_2"));
         c.remember_token("uid-1", &ApiToken::new("sk_test_write"));
         c.forget_object(&key, "uid-1", &["dep_1".to_string()]);
         assert!(lock(&c.failures).is_empty());

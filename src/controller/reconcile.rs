@@ -165,6 +165,10 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
                 .finish(&Observed::Unread, health, Requeue::requeue(wait))
                 .await;
         }
+        Settled::Behind(wait) => {
+            tracing::debug!(object = %round.name(), namespace = %round.namespace, "the object cache has not seen this create's recorded answer yet; reading the object again shortly");
+            return Ok(Requeue::requeue(wait));
+        }
         Settled::Api(err) => {
             return round
                 .api_failed(err, "look for a deployment whose create answer was lost")
@@ -299,6 +303,8 @@ async fn cleanup<A: DeploymentsApi>(
                     .await?;
                 return Err(round.cleanup_pending(wait));
             }
+            // The deletion waits for the copy that names the deployment it must delete.
+            Settled::Behind(wait) => return Err(round.cleanup_pending(wait)),
             Settled::Api(err) => return round.cleanup_failed(err).await,
         }
         let observed = match round.observe(&t).await {

@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::Error;
+use super::context::CreateOfIntent;
 use super::decision::Health;
 use super::desired::Target;
 use super::round::Round;
@@ -40,8 +41,21 @@ pub(super) enum Settled {
     Stalled(Health),
     /// Nothing found yet, inside the settle window: look again after the wait.
     Looking(Health, Duration),
+    /// The object as read is older than this process's own record of the create's answer
+    /// (the watch has not delivered that write yet): nothing to settle, read it again after
+    /// the wait.
+    Behind(Duration),
     Api(ApiError),
 }
+
+/// How long after this process recorded a create's answer an object still showing only the
+/// intent is taken for a copy the watch has not caught up on (under load the object cache
+/// lagged seconds behind the operator's own writes). Past it, the state was rewritten since
+/// (a restore, an edit) and the create is looked for as any lost one.
+const CATCH_UP_WINDOW: Duration = Duration::from_secs(30);
+
+/// The wait before reading again an object the watch has not caught up on.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 enum Found {
     None,
@@ -76,6 +90,25 @@ impl<A: DeploymentsApi> Round<'_, A> {
                 format!("adopted deployment {id} named by annotation {ANNOTATION_DEPLOYMENT_ID}");
             self.adopt(&id, &intent.fingerprint, &why).await?;
             return Ok(Settled::Done);
+        }
+        // A create this process answered is not lost. Searching for it instead (the list
+        // paged back over every deployment of the token, alone on the token and branch, so
+        // holding every create off) made a Pro 1,000 run 1.46 x the floor: 51 objects woken
+        // by their own intent write were read from a cache that had not seen their id yet.
+        let uid = self.obj.metadata.uid.as_deref().unwrap_or_default();
+        match self.ctx.coordination.create_of_intent(uid, intent.at) {
+            Some(CreateOfIntent::Recorded { since }) if since.elapsed() < CATCH_UP_WINDOW => {
+                return Ok(Settled::Behind(CATCH_UP_WAIT));
+            }
+            Some(CreateOfIntent::Unrecorded(answer)) => {
+                let why = format!(
+                    "recorded deployment {} whose create answer could not be written at first",
+                    answer.id
+                );
+                self.adopt(&answer.id, &intent.fingerprint, &why).await?;
+                return Ok(Settled::Done);
+            }
+            Some(CreateOfIntent::Recorded { .. }) | None => {}
         }
         // Not while a create of the same token and branch is in flight: its deployment could
         // exist remotely and be claimed by no one yet.

@@ -174,6 +174,9 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                 source,
             })?;
         self.ctx.metrics.kubernetes_write("state");
+        if let Some(id) = &self.state.id {
+            self.ctx.coordination.note_recorded(id);
+        }
         self.obj = updated;
         self.trust = Trust::Signed;
         self.finalizer_due = false;

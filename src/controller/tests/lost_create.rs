@@ -228,3 +228,73 @@ async fn an_intent_time_at_either_edge_of_the_calendar_neither_panics_nor_holds_
         assert_eq!(h.api().ids().len(), 1, "{at}");
     }
 }
+
+#[tokio::test]
+async fn an_object_read_before_the_cache_saw_its_recorded_create_is_read_again_not_searched_for() {
+    let s = spec(json!({}));
+    let mut h = Harness::new(object(s.clone()));
+    let intended = Arc::new(Mutex::new(None));
+    let keep = intended.clone();
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::state(move |s| *keep.lock().unwrap() = Some(s.clone())),
+        Expect::state(|s| assert_eq!(s.id.as_deref(), Some("dep_1"))),
+        Expect::event("Normal", "Created"),
+        Expect::status(|s| assert_health(s, "Reconciling", "Queued")),
+    ])
+    .await
+    .unwrap();
+    h.api().take_calls();
+
+    // The watch event of the intent write woke the object; the cache has not seen the id yet.
+    let intent_only = intended
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the intent was written");
+    let action = h
+        .reconcile_copy(
+            with_state(object(s), &intent_only),
+            vec![Expect::get_secret(CREDENTIALS)],
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(requeue_after(&action), Some(secs(1.0)));
+    assert_eq!(
+        h.api().take_calls(),
+        Vec::<String>::new(),
+        "no search for a create this process saw answered"
+    );
+    assert_eq!(h.state().id.as_deref(), Some("dep_1"), "nothing rewritten");
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_could_not_be_written_is_recorded_from_memory_without_a_search() {
+    let mut h = Harness::new(object(spec(json!({}))));
+    h.reconcile(vec![
+        Expect::get_secret(CREDENTIALS),
+        Expect::state(|s| assert!(s.intent.is_some())),
+        Expect::state(|s| assert_eq!(s.id.as_deref(), Some("dep_1"))).fails(409),
+        Expect::event("Normal", "Created"),
+        // Tried again at the end of the reconcile, in vain.
+        Expect::state(|s| assert_eq!(s.id.as_deref(), Some("dep_1"))).fails(409),
+        Expect::status(|s| assert_eq!(s.deployment_id.as_deref(), Some("dep_1"))),
+    ])
+    .await
+    .unwrap();
+    h.api().take_calls();
+    assert!(h.state().intent.is_some() && h.state().id.is_none());
+
+    h.reconcile_freely().await.unwrap();
+
+    let state = h.state();
+    assert_eq!(state.id.as_deref(), Some("dep_1"));
+    assert_eq!(state.intent, None);
+    assert_eq!(
+        h.api().take_calls(),
+        ["list"],
+        "only the observation of the deployment: no search through the listing, no candidate read"
+    );
+    assert_eq!(h.api().creates().len(), 1, "never created twice");
+}

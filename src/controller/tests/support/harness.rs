@@ -127,6 +127,19 @@ impl Harness {
         self.server.run(Some(expected), reconcile(obj, ctx)).await
     }
 
+    /// One reconcile of `obj`, a copy of the object as the operator's cache may hold it
+    /// (behind the API server's); its Kubernetes requests must be exactly `expected`.
+    pub async fn reconcile_copy(
+        &mut self,
+        obj: GitDeployment,
+        expected: Vec<Expect>,
+    ) -> Result<Action, Error> {
+        let ctx = self.ctx.clone();
+        self.server
+            .run(Some(expected), reconcile(Arc::new(obj), ctx))
+            .await
+    }
+
     /// One reconcile, serving whatever it asks of Kubernetes.
     pub async fn reconcile_freely(&mut self) -> Result<Action, Error> {
         let obj = Arc::new(self.object());

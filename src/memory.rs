@@ -185,7 +185,6 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn a_trim_returns_memory_freed_below_a_live_allocation() {
-        const MIB: usize = 1 << 20;
         // Many small blocks (below the mmap threshold, so inside a heap), then one kept above
         // them: freeing the blocks leaves 64 MiB free in the middle, which free() alone keeps.
         let blocks: Vec<Box<[u8; 1024]>> = (0..64 * 1024).map(|_| Box::new([7u8; 1024])).collect();
@@ -197,10 +196,10 @@ mod tests {
         std::hint::black_box(&pin);
         // Other tests allocate meanwhile: ask for half of what was freed.
         assert!(
-            before.saturating_sub(after) >= (32 * MIB) as u64,
+            before.saturating_sub(after) >= 32 * MIB,
             "resident {} MiB before the trim, {} MiB after",
-            before / MIB as u64,
-            after / MIB as u64
+            before / MIB,
+            after / MIB
         );
     }
 }

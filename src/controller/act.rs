@@ -70,7 +70,8 @@ impl<A: DeploymentsApi> Round<'_, A> {
                 self.state
                     .replace_current(created.id.clone(), fingerprint.to_string());
                 // The deployment exists whatever happens next; the intent left in place on a
-                // failed write is resolved by `find_created` on the next reconcile.
+                // failed write is resolved on the next reconcile from what `note_created` kept
+                // (or by `find_created` once this process has forgotten it).
                 if let Err(e) = self.save_state().await {
                     tracing::warn!(id = %created.id, error = %e, "recording a created deployment failed; the next reconcile takes it from memory, or finds it again through its intent");
                 }

@@ -32,7 +32,7 @@ use super::types::{
     CancelledDeployment, CreateDeploymentRequest, CreatedDeployment, DeploymentDetails,
     DeploymentList, ListQuery,
 };
-use super::{ApiError, ApiToken, CreateSlot, DeploymentsApi, Endpoint};
+use super::{ApiError, ApiToken, CreateSlot, DeploymentsApi, Endpoint, Room};
 
 /// Production base URL of the API.
 pub const DEFAULT_BASE_URL: &str = "https://api.git.dev/v1";
@@ -660,8 +660,8 @@ impl DeploymentsApi for HttpClient {
         self.get_with(Some(permit), token, id).await
     }
 
-    fn has_room(&self, token: &ApiToken) -> bool {
-        self.budget_of(token).has_room()
+    fn room(&self, token: &ApiToken) -> Room {
+        self.budget_of(token).room()
     }
 
     async fn cancel(&self, token: &ApiToken, id: &str) -> Result<CancelledDeployment, ApiError> {

@@ -165,6 +165,19 @@ impl Drop for CreateSlot {
     }
 }
 
+/// How much of a token's rate budget is free for spending that can wait (observation, details),
+/// from least to most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Room {
+    /// Someone waits for the budget, or less than a tenth of its burst is there: what is sent
+    /// now is a create later.
+    None,
+    /// A tenth of the burst or more, and nobody waiting.
+    Spare,
+    /// Half the burst or more, and nobody waiting: a budget not spent as fast as it refills.
+    Ample,
+}
+
 /// The calls the operator makes. Every call names the token it spends, because the operator
 /// serves objects of many namespaces with different tokens.
 pub trait DeploymentsApi: Send + Sync + 'static {
@@ -224,10 +237,10 @@ pub trait DeploymentsApi: Send + Sync + 'static {
         id: &str,
     ) -> impl Future<Output = Result<DeploymentDetails, ApiError>> + Send;
 
-    /// Whether `token`'s rate budget has room to spare now, with nobody waiting for it: the
-    /// token's creates, if any, are not held back by what else it is spent on. No default,
-    /// for the reason given at [`Self::get_if_idle`].
-    fn has_room(&self, token: &ApiToken) -> bool;
+    /// How much room `token`'s rate budget has now for spending that can wait: none while
+    /// anyone waits for it (the token's creates, if any, are not held back by what else it is
+    /// spent on). No default, for the reason given at [`Self::get_if_idle`].
+    fn room(&self, token: &ApiToken) -> Room;
 
     fn cancel(
         &self,

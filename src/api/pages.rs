@@ -64,7 +64,7 @@ mod tests {
     use super::*;
     use crate::api::{
         CancelledDeployment, CreateDeploymentRequest, CreatedDeployment, DeploymentDetails,
-        DeploymentList, ListMeta,
+        DeploymentList, ListMeta, Room,
     };
 
     /// A project whose listing is `rows` (newest first); `arrivals[n]` new deployments appear
@@ -159,8 +159,8 @@ mod tests {
             unused()
         }
 
-        fn has_room(&self, _: &ApiToken) -> bool {
-            true
+        fn room(&self, _: &ApiToken) -> Room {
+            Room::Ample
         }
 
         async fn cancel(&self, _: &ApiToken, _: &str) -> Result<CancelledDeployment, ApiError> {

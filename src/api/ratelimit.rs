@@ -36,6 +36,8 @@ use ring::hmac;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::Room;
+
 use super::classify::{MAX_SERVER_WAIT, capped_wait};
 use super::types::{HEADER_LIMIT, HEADER_REMAINING, HEADER_RESET};
 use super::{ApiToken, Priority};
@@ -514,13 +516,28 @@ impl Budget {
         self.lock().queue.len()
     }
 
-    /// Whether the budget has room to spare: nobody waits for it and a tenth of its burst is
-    /// there (at least one token). Not merely a token: a budget spent as fast as it refills
-    /// has one now and then between two creates, and what is sent then is a create later.
-    pub fn has_room(&self) -> bool {
+    /// How much room the budget has for spending that can wait: none while anyone waits for
+    /// it or while less than a tenth of its burst is there (at least one token: a budget
+    /// spent as fast as it refills has one now and then between two creates, and what is sent
+    /// then is a create later); ample from half its burst, a budget not spent as fast as it
+    /// refills.
+    pub fn room(&self) -> Room {
         let st = self.lock();
-        let spare = (st.bucket.capacity / 10.0).max(1.0);
-        st.queue.is_empty() && st.bucket.time_until(spare, Instant::now()).is_zero()
+        if !st.queue.is_empty() {
+            return Room::None;
+        }
+        let now = Instant::now();
+        let there = |share: f64| {
+            let tokens = (st.bucket.capacity * share).max(1.0);
+            st.bucket.time_until(tokens, now).is_zero()
+        };
+        if there(0.5) {
+            Room::Ample
+        } else if there(0.1) {
+            Room::Spare
+        } else {
+            Room::None
+        }
     }
 }
 
@@ -937,13 +954,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_budget_has_room_with_a_tenth_of_its_burst_there_and_nobody_waiting_for_it() {
+    async fn a_budget_has_room_from_a_tenth_of_its_burst_ample_from_half_and_none_while_someone_waits()
+     {
         let budget = empty_budget(600); // burst 120
-        assert!(!budget.has_room(), "no token");
+        assert_eq!(budget.room(), Room::None, "no token");
         budget.lock().bucket.tokens = 5.0;
-        assert!(!budget.has_room(), "a few tokens, as between two creates");
+        assert_eq!(
+            budget.room(),
+            Room::None,
+            "a few tokens, as between two creates"
+        );
         budget.lock().bucket.tokens = 12.5;
-        assert!(budget.has_room(), "a tenth of the burst");
+        assert_eq!(budget.room(), Room::Spare, "a tenth of the burst");
+        budget.lock().bucket.tokens = 59.0;
+        assert_eq!(budget.room(), Room::Spare, "just under half");
+        budget.lock().bucket.tokens = 60.5;
+        assert_eq!(budget.room(), Room::Ample, "half the burst");
 
         let waiting = {
             let budget = budget.clone();
@@ -958,8 +984,8 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // Tokens came in, but the create waiting is first in line for them.
-        budget.lock().bucket.tokens = 50.0;
-        assert!(!budget.has_room(), "someone waits");
+        budget.lock().bucket.tokens = 100.0;
+        assert_eq!(budget.room(), Room::None, "someone waits");
         waiting.abort();
     }
 

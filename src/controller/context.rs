@@ -42,7 +42,9 @@ pub struct Config {
     pub existence_check: Duration,
     /// How long a deletion waits for credentials before orphaning remote deployments.
     pub cleanup_grace: Duration,
-    /// How old a listing may be and still answer for an in-flight deployment.
+    /// A cap on how old a listing may be and still answer for an in-flight deployment; none
+    /// by default, where the deployment's cadence decides (`decision::poll_interval`). The
+    /// unit tests set zero: every look lists.
     pub observe_max_age: Duration,
 }
 
@@ -64,7 +66,7 @@ impl Config {
             default_credentials: DEFAULT_CREDENTIALS_SECRET.to_string(),
             existence_check: Duration::from_secs(600),
             cleanup_grace: Duration::from_secs(300),
-            observe_max_age: Duration::from_secs(1),
+            observe_max_age: Duration::MAX,
         }
     }
 }

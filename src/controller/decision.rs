@@ -68,7 +68,10 @@ pub enum Step {
 /// answer: see `recovery`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recheck {
-    /// In progress: observe again after this long (jitter is added by the caller).
+    /// In progress, in this phase: observe again at its cadence ([`poll_interval`], which
+    /// also weighs how long it has been in the phase and the token's budget).
+    Track(Remote),
+    /// Observe again after this long (jitter is added by the caller).
     Poll(Duration),
     /// Finished: only check, rarely, that it still exists (`--recheck-finished-seconds`).
     Existence,
@@ -99,14 +102,37 @@ impl Next {
     }
 }
 
-/// How often an in-progress deployment is looked at again, by phase: a queued deployment
-/// changes less often than a deploying one is about to finish.
-pub fn poll_interval(status: Remote) -> Option<Duration> {
-    match status {
-        Remote::Queued | Remote::Building => Some(Duration::from_secs(2)),
-        Remote::Deploying => Some(Duration::from_secs(1)),
-        Remote::Success | Remote::Failed | Remote::Cancelled => None,
-    }
+/// What an in-flight deployment's cadence weighs besides its phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pace {
+    /// How long listings have shown the deployment in its current phase (zero when none has).
+    pub in_phase: Duration,
+    /// The token's budget has plenty to spare (`Room::Ample`): nothing waits for it, nor
+    /// will soon.
+    pub ample_budget: bool,
+}
+
+/// The longest wait between two looks at an in-flight deployment.
+const LONGEST_POLL: Duration = Duration::from_secs(30);
+
+/// How often an in-progress deployment is looked at again (and how old a listing may be to
+/// answer for it). By phase: a queued one changes less often than a building one, and a
+/// deploying one is about to finish; the token's listing is shared, so the most pressing
+/// of its deployments sets the pace for all. Deploying is looked at twice as often while
+/// the token's budget has plenty to spare: a success is Ready within a second, and a budget
+/// that creates or reads need is left to them. A phase that has gone on for long is not about to
+/// end any moment: looked at a tenth of its age later (at most every 30 s), so that a build of
+/// ten minutes costs tens of listings, not hundreds, and is still seen finished within a
+/// tenth of its time.
+pub fn poll_interval(status: Remote, pace: Pace) -> Option<Duration> {
+    let base = match status {
+        Remote::Queued => Duration::from_secs(2),
+        Remote::Building => Duration::from_secs(1),
+        Remote::Deploying if pace.ample_budget => Duration::from_millis(500),
+        Remote::Deploying => Duration::from_secs(1),
+        Remote::Success | Remote::Failed | Remote::Cancelled => return None,
+    };
+    Some(base.max((pace.in_phase / 10).min(LONGEST_POLL)))
 }
 
 /// How soon an object whose deployment a listing said finished is looked at again for the
@@ -150,11 +176,9 @@ fn held_back(step: &Step) -> bool {
 fn watch_only(observed: &Observed) -> Recheck {
     match observed {
         Observed::Found(d) if details_pending(d) => Recheck::Poll(DETAILS_RECHECK),
-        Observed::Found(d) => match poll_interval(d.status) {
-            Some(every) => Recheck::Poll(every),
-            None if d.status == Remote::Success => Recheck::Existence,
-            None => Recheck::OnChange,
-        },
+        Observed::Found(d) if !d.status.is_terminal() => Recheck::Track(d.status),
+        Observed::Found(d) if d.status == Remote::Success => Recheck::Existence,
+        Observed::Found(_) => Recheck::OnChange,
         // Removing the annotation wakes the object (`run::wake_hash`).
         _ => Recheck::OnChange,
     }
@@ -167,7 +191,7 @@ fn decide_live(goal: &Goal, state: &State, observed: &Observed) -> Next {
     let create = |supersede| Next {
         step: Step::Create { supersede },
         // A new deployment starts queued.
-        recheck: Recheck::Poll(poll_interval(Remote::Queued).unwrap_or(DETAILS_RECHECK)),
+        recheck: Recheck::Track(Remote::Queued),
     };
     match observed {
         Observed::Unread => Next::wait(Recheck::OnChange),
@@ -203,11 +227,13 @@ fn decide_live(goal: &Goal, state: &State, observed: &Observed) -> Next {
             if details_pending(d) {
                 return Next::wait(Recheck::Poll(DETAILS_RECHECK));
             }
-            match poll_interval(d.status) {
-                Some(every) => Next::wait(Recheck::Poll(every)),
-                None if d.status == Remote::Success => Next::wait(Recheck::Existence),
+            if in_progress {
+                Next::wait(Recheck::Track(d.status))
+            } else if d.status == Remote::Success {
+                Next::wait(Recheck::Existence)
+            } else {
                 // Failed, or cancelled by someone else: a human decides.
-                None => Next::wait(Recheck::OnChange),
+                Next::wait(Recheck::OnChange)
             }
         }
     }
@@ -652,7 +678,7 @@ mod tests {
         Next::wait(Recheck::Poll(d))
     }
     fn poll(status: Remote) -> Next {
-        wait(poll_interval(status).unwrap())
+        Next::wait(Recheck::Track(status))
     }
     const HOLD: Next = Next {
         step: Step::Wait,
@@ -667,7 +693,7 @@ mod tests {
             step: Step::Create {
                 supersede: supersede.map(str::to_string),
             },
-            recheck: Recheck::Poll(poll_interval(Remote::Queued).unwrap()),
+            recheck: Recheck::Track(Remote::Queued),
         }
     }
     fn cancel_d1() -> Next {
@@ -675,6 +701,34 @@ mod tests {
             id: "d1".into(),
             reason: CancelReason::Requested,
         })
+    }
+
+    #[test]
+    fn an_in_flight_deployment_is_looked_at_by_phase_faster_with_budget_to_spare_and_slower_the_longer_a_phase_lasts()
+     {
+        use Remote::*;
+        let s = Duration::from_secs_f64;
+        let pace = |in_phase: f64, ample_budget: bool| Pace {
+            in_phase: s(in_phase),
+            ample_budget,
+        };
+        #[rustfmt::skip]
+        let table: Vec<(&str, Remote, Pace, Option<Duration>)> = vec![
+            ("queued, just seen", Queued, pace(0.0, true), Some(s(2.0))),
+            ("building, just seen", Building, pace(0.0, true), Some(s(1.0))),
+            ("deploying, budget to spare", Deploying, pace(0.0, true), Some(s(0.5))),
+            ("deploying, budget scarce", Deploying, pace(0.0, false), Some(s(1.0))),
+            ("deploying for 4 s: the phase's own cadence still", Deploying, pace(4.0, true), Some(s(0.5))),
+            ("building for 40 s: a tenth of that", Building, pace(40.0, false), Some(s(4.0))),
+            ("queued for 15 s: never faster than the phase's cadence", Queued, pace(15.0, true), Some(s(2.0))),
+            ("building for an hour: every 30 s", Building, pace(3600.0, true), Some(s(30.0))),
+            ("finished: not polled", Success, pace(0.0, true), None),
+            ("failed: not polled", Failed, pace(10.0, true), None),
+            ("cancelled: not polled", Cancelled, pace(0.0, false), None),
+        ];
+        for (name, phase, pace, expected) in table {
+            assert_eq!(poll_interval(phase, pace), expected, "{name}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::api::{
     ApiError, ApiToken, CancelledDeployment, CreateDeploymentRequest, CreateSlot,
     CreatedDeployment, DeploymentDetails, DeploymentList, DeploymentsApi, Endpoint, ListQuery,
+    Room,
 };
 
 /// Whether this replica may write now.
@@ -118,8 +119,8 @@ impl<A: DeploymentsApi> DeploymentsApi for Fenced<A> {
         self.inner.get_if_idle(token, id)
     }
 
-    fn has_room(&self, token: &ApiToken) -> bool {
-        self.inner.has_room(token)
+    fn room(&self, token: &ApiToken) -> Room {
+        self.inner.room(token)
     }
 
     async fn cancel(&self, token: &ApiToken, id: &str) -> Result<CancelledDeployment, ApiError> {

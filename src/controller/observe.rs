@@ -16,11 +16,11 @@ use futures::channel::mpsc::UnboundedSender;
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
-use super::decision::{self, Observed};
+use super::decision::{self, Observed, Pace};
 use super::details::Read;
 use super::round::Round;
 use crate::api::{
-    ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentsApi, ErrorClass,
+    ApiError, ApiToken, DeploymentDetails, DeploymentStatus, DeploymentsApi, ErrorClass, Room,
     list_newest_back_to,
 };
 use crate::resource::{GitDeployment, GitDeploymentStatus};
@@ -87,7 +87,8 @@ impl<A: DeploymentsApi> Round<'_, A> {
             }
         }
         if let Some(mirrored) = self.mirrored().filter(|m| !m.status.is_terminal()) {
-            let max_age = decision::poll_interval(mirrored.status)
+            let pace = self.pace(token, &mirrored.id);
+            let max_age = decision::poll_interval(mirrored.status, pace)
                 .map_or(self.ctx.config.observe_max_age, |every| {
                     every.min(self.ctx.config.observe_max_age)
                 });
@@ -123,13 +124,13 @@ impl<A: DeploymentsApi> Round<'_, A> {
     }
 
     /// The details of a deployment a listing found finished, if the token's budget has room to
-    /// spare for their GET right now (`has_room`: nobody waiting, creates included, and more
+    /// spare for their GET right now (`room`: nobody waiting, creates included, and more
     /// than the odd token): then Ready and the details are one status write, not two. Never a
     /// wait for budget: with 1,000 finished deployments behind a token's creates, reading
     /// details before Ready held every Ready back by a minute. Any failure leaves the details
     /// to be read later, as when there is no room.
     async fn details_if_idle(&self, token: &ApiToken, id: &str) -> Option<DeploymentDetails> {
-        if !self.ctx.api.has_room(token) {
+        if self.ctx.api.room(token) == Room::None {
             return None;
         }
         match self.ctx.api.get_if_idle(token, id).await {
@@ -165,6 +166,14 @@ impl<A: DeploymentsApi> Round<'_, A> {
             Ok(d) => Ok(Observed::Found(Box::new(d))),
             Err(e) if e.is_not_found() => Ok(Observed::Missing { id }),
             Err(e) => Err(e),
+        }
+    }
+
+    /// What the cadence of looking at in-flight deployment `id` weighs besides its phase.
+    pub fn pace(&self, token: &ApiToken, id: &str) -> Pace {
+        Pace {
+            in_phase: self.ctx.coordination.observer.in_phase(token, id),
+            ample_budget: self.ctx.api.room(token) == Room::Ample,
         }
     }
 
@@ -264,6 +273,9 @@ struct View {
     /// waited on its deployment again, and every later listing paged back to it: at 10,000
     /// objects, more list pages than deployments.
     finished: HashMap<String, (Seen, Instant)>,
+    /// Deployments waited on in flight: the phase listings show each in, and since when (the
+    /// first listing that showed it there), for [`Observer::in_phase`].
+    phases: HashMap<String, (DeploymentStatus, Instant)>,
 }
 
 /// How long a finished deployment's answer waits for its object ([`View::finished`]); one
@@ -411,6 +423,7 @@ impl Observer {
             wanted,
             coverage,
             finished,
+            phases,
             ..
         } = &mut *v;
         let wake = self.wake.get();
@@ -428,6 +441,17 @@ impl Observer {
             }
             false
         });
+        phases.retain(|id, _| wanted.contains_key(id));
+        for wid in wanted.keys() {
+            if let Some(&status) = seen.get(wid) {
+                match phases.get(wid) {
+                    Some((phase, _)) if *phase == status => {}
+                    _ => {
+                        phases.insert(wid.clone(), (status, now));
+                    }
+                }
+            }
+        }
         Ok(v.answer(id, created_at))
     }
 
@@ -462,6 +486,19 @@ impl Observer {
         lock(&tv.view).finished.remove(id).map(|(seen, _)| seen)
     }
 
+    /// How long listings have shown deployment `id` in the phase it is in now: zero until a
+    /// listing has shown it while it was waited on.
+    pub fn in_phase(&self, token: &ApiToken, id: &str) -> Duration {
+        let tokens = lock(&self.tokens);
+        let Some(tv) = tokens.get(token) else {
+            return Duration::ZERO;
+        };
+        lock(&tv.view)
+            .phases
+            .get(id)
+            .map_or(Duration::ZERO, |(_, since)| since.elapsed())
+    }
+
     /// Whether deployments of `token` are still being waited on: reading details of finished
     /// ones can wait until the listing that tells the others they finished has run.
     pub fn in_flight(&self, token: &ApiToken) -> bool {
@@ -480,6 +517,7 @@ impl Observer {
             for id in ids {
                 v.wanted.remove(id);
                 v.finished.remove(id);
+                v.phases.remove(id);
             }
         }
         tokens.retain(|_, tv| {

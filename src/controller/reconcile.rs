@@ -235,20 +235,34 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
 
     let health = decision::health_with_log(&goal, &round.state, &observed, &log);
     let recheck = log.recheck(next.recheck);
-    let requeue = match recheck {
-        Recheck::Poll(every) => Requeue::requeue(jitter(every)),
-        Recheck::Existence => Requeue::requeue(jitter(ctx.config.existence_check)),
-        Recheck::OnChange => Requeue::await_change(),
+    let poll_every = match recheck {
+        Recheck::Track(phase) => {
+            let id = match &observed {
+                Observed::Found(d) => d.id.as_str(),
+                _ => "",
+            };
+            // Only made for a phase in progress, which always has a cadence.
+            Some(
+                decision::poll_interval(phase, round.pace(&token, id))
+                    .unwrap_or(decision::DETAILS_RECHECK),
+            )
+        }
+        Recheck::Poll(every) => Some(every),
+        Recheck::Existence | Recheck::OnChange => None,
     };
-    let polling = matches!(recheck, Recheck::Poll(_));
+    let requeue = match (poll_every, recheck) {
+        (Some(every), _) => Requeue::requeue(jitter(every)),
+        (None, Recheck::Existence) => Requeue::requeue(jitter(ctx.config.existence_check)),
+        (None, _) => Requeue::await_change(),
+    };
+    let polling = poll_every.is_some();
     match round.export(&observed, polling).await {
         Ok(None) => round.finish(&observed, health, requeue).await,
         // Nothing watches ConfigMaps: a blocked export is looked at again on a timer.
         Ok(Some(blocked)) => {
-            let again = match recheck {
-                Recheck::Poll(every) => every.min(export::CONFLICT_RETRY),
-                Recheck::Existence | Recheck::OnChange => export::CONFLICT_RETRY,
-            };
+            let again = poll_every.map_or(export::CONFLICT_RETRY, |every| {
+                every.min(export::CONFLICT_RETRY)
+            });
             let requeue = Requeue::requeue(jitter(again));
             round.finish(&observed, blocked, requeue).await
         }

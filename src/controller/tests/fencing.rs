@@ -59,11 +59,11 @@ async fn the_fence_passes_on_what_the_budget_says_of_reads_that_must_not_wait() 
     };
     let token = ApiToken::new(TOKEN);
     let id = api.inner.add("main", None, Remote::Success);
-    assert!(api.has_room(&token));
+    assert_eq!(api.room(&token), Room::Ample);
     assert!(api.get_if_idle(&token, &id).await.is_ok());
 
     api.inner.state().budget_busy = true;
-    assert!(!api.has_room(&token));
+    assert_eq!(api.room(&token), Room::None);
     let refused = api.get_if_idle(&token, &id).await.unwrap_err();
     assert!(matches!(refused, ApiError::Throttled { .. }), "{refused:?}");
 }

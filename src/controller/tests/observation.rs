@@ -184,6 +184,38 @@ mod batched_observation {
     }
 
     #[tokio::test]
+    async fn how_long_a_deployment_has_been_in_its_phase_counts_from_the_first_listing_that_showed_it_there()
+     {
+        let api = fake();
+        let id = api.add("main", None, Remote::Building);
+        let observer = Observer::default();
+        let token = ApiToken::new("sk_test_write");
+        let now = wire_now();
+        let look = || observer.status(&api, &token, &id, now, Duration::ZERO, None);
+        assert_eq!(
+            observer.in_phase(&token, &id),
+            Duration::ZERO,
+            "never listed"
+        );
+
+        look().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        look().await.unwrap();
+        let building = observer.in_phase(&token, &id);
+        assert!(building >= Duration::from_millis(60), "{building:?}");
+
+        api.state().deployments[0].status = Remote::Deploying;
+        look().await.unwrap();
+        let deploying = observer.in_phase(&token, &id);
+        assert!(deploying < Duration::from_millis(60), "{deploying:?}");
+        assert_eq!(api.take_calls(), ["list", "list", "list"]);
+
+        // Gone from the waited-on deployments, it is no longer timed.
+        observer.forget(std::slice::from_ref(&id));
+        assert_eq!(observer.in_phase(&token, &id), Duration::ZERO);
+    }
+
+    #[tokio::test]
     async fn a_deployment_missing_from_a_listing_that_covers_its_creation_is_absent() {
         let api = fake();
         api.add("main", None, Remote::Queued);

@@ -78,7 +78,8 @@ async fn a_paused_spec_change_while_building_neither_cancels_nor_creates_but_kee
         .unwrap();
 
     assert_eq!(h.api().take_calls(), ["get dep_1"]);
-    assert_requeue_between(&action, secs(2.0), secs(2.2));
+    // As often as an unpaused building deployment is looked at.
+    assert_requeue_between(&action, secs(1.0), secs(1.1));
 
     // Lifting the pause: the held-back create happens, once.
     h.edit(|o| {

@@ -30,8 +30,10 @@ pub struct FakeState {
     pub logs: HashMap<String, String>,
     /// Answers of the next `reserve_create` calls (then: budget at once).
     pub budget_refusals: VecDeque<ApiError>,
-    /// Others wait for the token's budget: `has_room` says no, `get_if_idle` is refused.
+    /// Others wait for the token's budget: `room` says none, `get_if_idle` is refused.
     pub budget_busy: bool,
+    /// The budget has room to spare but not plenty (`room` says `Spare`).
+    pub budget_spare_only: bool,
     /// Set: a listing waits for a permit of this before it answers (one waiting for budget).
     pub list_held: Option<Arc<tokio::sync::Semaphore>>,
 }
@@ -294,8 +296,15 @@ impl DeploymentsApi for FakeApi {
         self.get(token, id).await
     }
 
-    fn has_room(&self, _token: &ApiToken) -> bool {
-        !self.state().budget_busy
+    fn room(&self, _token: &ApiToken) -> Room {
+        let st = self.state();
+        if st.budget_busy {
+            Room::None
+        } else if st.budget_spare_only {
+            Room::Spare
+        } else {
+            Room::Ample
+        }
     }
 
     async fn cancel(&self, token: &ApiToken, id: &str) -> Result<CancelledDeployment, ApiError> {

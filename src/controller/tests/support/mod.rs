@@ -32,7 +32,7 @@ pub use tower_test::mock::Handle;
 pub use crate::api::{
     ApiError, ApiToken, CancelledDeployment, CreateDeploymentRequest, CreateSlot,
     CreatedDeployment, DeploymentDetails, DeploymentList, DeploymentStatus as Remote,
-    DeploymentSummary, DeploymentsApi, Endpoint, ListMeta, ListQuery,
+    DeploymentSummary, DeploymentsApi, Endpoint, ListMeta, ListQuery, Room,
 };
 pub use crate::controller::desired::DesiredDeployment;
 pub use crate::controller::keys::Key;

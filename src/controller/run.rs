@@ -16,11 +16,11 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use super::context::{Config, Context};
 use super::events::Recorder;
-use super::state::ANNOTATION_STATE;
-use super::{Error, details, reconcile, secret_cache, secrets};
+use super::state::{ANNOTATION_STATE, State};
+use super::{Error, decision, details, reconcile, secret_cache, secrets};
 use crate::api::DeploymentsApi;
 use crate::metrics::Metrics;
-use crate::resource::GitDeployment;
+use crate::resource::{FINALIZER, GitDeployment};
 
 /// Transient failures come back after a per-object exponential backoff.
 pub fn error_policy<A: DeploymentsApi>(
@@ -46,6 +46,11 @@ pub fn error_policy<A: DeploymentsApi>(
 /// What wakes an object: its own spec, finalizers and annotations (not its status or the
 /// operator's own state annotation, which would make every write wake it again), and the loss
 /// of its status (a restore, a wipe), which must be rebuilt at once.
+///
+/// The operator's own finalizer counts only where it disagrees with the state annotation (an
+/// object that has made something remote carries it, one that has made nothing does not): it
+/// rides on the intent of a first create, and waking every object for that write cost a
+/// reconcile per create; someone removing it from an object that needs it still wakes it.
 fn wake_hash(obj: &GitDeployment) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     // A lost status, or the schema's default `observedGeneration: 0`, means "not observed".
@@ -55,7 +60,12 @@ fn wake_hash(obj: &GitDeployment) -> Option<u64> {
         .is_some_and(|g| g > 0)
         .hash(&mut h);
     predicates::generation(obj).hash(&mut h);
-    predicates::finalizers(obj).hash(&mut h);
+    let own = obj.finalizers().iter().any(|f| f == FINALIZER);
+    for f in obj.finalizers().iter().filter(|f| *f != FINALIZER) {
+        f.hash(&mut h);
+    }
+    let made = State::unverified(obj).is_some_and(|s| decision::made_anything(&s));
+    (own != made).hash(&mut h);
     obj.metadata.deletion_timestamp.is_some().hash(&mut h);
     for (k, v) in obj.annotations() {
         if k != ANNOTATION_STATE {
@@ -467,6 +477,48 @@ mod tests {
     }
 
     #[test]
+    fn the_operators_finalizer_riding_on_a_first_create_does_not_wake_the_object_but_losing_it_does()
+     {
+        let spec: crate::resource::GitDeploymentSpec =
+            serde_json::from_value(serde_json::json!({"projectId": "proj_a", "branch": "main"}))
+                .unwrap();
+        let with = |state: Option<&str>, finalizers: &[&str]| {
+            let mut o = GitDeployment::new("web", spec.clone());
+            o.metadata.annotations = state.map(|s| {
+                [(ANNOTATION_STATE.to_string(), s.to_string())]
+                    .into_iter()
+                    .collect()
+            });
+            o.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
+            wake_hash(&o)
+        };
+        let intent = r#"{"intent":{"fingerprint":"f","at":"2026-12-03T20:00:00Z"}}"#;
+        let recorded = r#"{"id":"dep_1","fingerprint":"f"}"#;
+        let fresh = with(None, &[]);
+        assert_eq!(
+            fresh,
+            with(Some(intent), &[FINALIZER]),
+            "the first create's write"
+        );
+        assert_eq!(fresh, with(Some(recorded), &[FINALIZER]), "its id recorded");
+        assert_ne!(
+            fresh,
+            with(Some(recorded), &[]),
+            "someone removed the finalizer from an object that made a deployment"
+        );
+        assert_ne!(
+            fresh,
+            with(None, &[FINALIZER]),
+            "a finalizer with nothing made"
+        );
+        assert_ne!(
+            with(Some(recorded), &[FINALIZER]),
+            with(Some(recorded), &[FINALIZER, "example.com/other"]),
+            "anyone else's finalizer"
+        );
+    }
+
+    #[test]
     fn putting_or_lifting_a_pause_wakes_the_object_and_a_state_write_does_not() {
         use crate::resource::{ANNOTATION_PAUSED, GitDeploymentSpec};
         let spec: GitDeploymentSpec =
@@ -480,11 +532,18 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             );
+            o.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
             wake_hash(&o)
         };
-        let running = with(&[(ANNOTATION_STATE, "{}")]);
-        let paused = with(&[(ANNOTATION_STATE, "{}"), (ANNOTATION_PAUSED, "true")]);
+        let running = with(&[(ANNOTATION_STATE, r#"{"id":"dep_1"}"#)]);
+        let paused = with(&[
+            (ANNOTATION_STATE, r#"{"id":"dep_1"}"#),
+            (ANNOTATION_PAUSED, "true"),
+        ]);
         assert_ne!(running, paused);
-        assert_eq!(running, with(&[(ANNOTATION_STATE, r#"{"id":"dep_1"}"#)]));
+        assert_eq!(
+            running,
+            with(&[(ANNOTATION_STATE, r#"{"id":"dep_2","history":["dep_1"]}"#)])
+        );
     }
 }

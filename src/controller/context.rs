@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
+use kube::api::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
+use kube::{Client, Resource};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
+use super::cached::Cached;
 use super::details::DetailsReader;
 use super::events::Recorder;
 use super::keys::{Key, KeyRing};
@@ -80,7 +82,7 @@ pub struct Context<A: DeploymentsApi> {
     pub config: Config,
     /// Every object, to know which remote deployments other objects already claim (`None`
     /// where no watch runs: the reconciler's unit tests).
-    store: Option<Store<GitDeployment>>,
+    store: Option<Store<Cached>>,
     /// Secret values read before, valid while the Secret watch shows their version.
     pub(super) secrets: SecretCache,
     pub(super) coordination: Coordination,
@@ -93,7 +95,7 @@ impl<A: DeploymentsApi> Context<A> {
         recorder: Recorder,
         metrics: Arc<Metrics>,
         config: Config,
-        store: Option<Store<GitDeployment>>,
+        store: Option<Store<Cached>>,
     ) -> Self {
         Context {
             client,
@@ -113,20 +115,26 @@ impl<A: DeploymentsApi> Context<A> {
         self
     }
 
+    /// Every object of the cache but `me`.
+    fn others(&self, me: &GitDeployment) -> Vec<Arc<Cached>> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        let mut all = store.state();
+        all.retain(|o| o.meta().uid != me.metadata.uid);
+        all
+    }
+
     /// Remote ids that objects other than `me` name (current or history, trusted or not),
     /// including those created in this process and not yet visible in the store.
     pub(super) fn claimed_ids(&self, me: &GitDeployment) -> HashSet<String> {
         let my_uid = me.metadata.uid.as_deref().unwrap_or_default();
         let mut claimed = self.coordination.created_by_others(my_uid);
-        if let Some(store) = &self.store {
-            claimed.extend(
-                store
-                    .state()
-                    .iter()
-                    .filter(|o| o.metadata.uid != me.metadata.uid)
-                    .flat_map(|o| State::read(o, &self.config.keys()).0.ids()),
-            );
-        }
+        claimed.extend(
+            self.others(me)
+                .iter()
+                .flat_map(|o| o.names().iter().cloned()),
+        );
         claimed
     }
 
@@ -140,34 +148,43 @@ impl<A: DeploymentsApi> Context<A> {
         id: &str,
     ) -> Option<String> {
         let my_uid = me.metadata.uid.as_deref().unwrap_or_default();
-        let store = self.store.as_ref().map(|s| s.state()).unwrap_or_default();
-        let name = |o: &GitDeployment| {
+        let others = self.others(me);
+        let name = |meta: &ObjectMeta| {
             format!(
                 "{}/{}",
-                o.metadata.namespace.as_deref().unwrap_or_default(),
-                o.metadata.name.as_deref().unwrap_or_default()
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default()
             )
         };
         if let Some(maker) = self.coordination.maker_of(id).filter(|uid| *uid != my_uid) {
-            let holder = store
+            let holder = others
                 .iter()
-                .find(|o| o.metadata.uid.as_deref() == Some(maker.as_str()))
-                .map(|o| name(o));
+                .find(|o| o.meta().uid.as_deref() == Some(maker.as_str()))
+                .map(|o| name(o.meta()));
             return Some(holder.unwrap_or_else(|| "another object".to_string()));
         }
-        let age =
-            |x: &GitDeployment| (x.metadata.creation_timestamp.as_ref().map(|t| t.0), name(x));
+        // Only the objects that name it at all are decoded.
+        let store: Vec<GitDeployment> = others
+            .iter()
+            .filter(|o| o.names().iter().any(|x| x == id))
+            .filter_map(|o| o.object().ok())
+            .collect();
+        let age = |x: &GitDeployment| {
+            (
+                x.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                name(&x.metadata),
+            )
+        };
         let keys = self.config.keys();
         let mut claimants: Vec<(bool, _, String)> = store
             .iter()
-            .filter(|o| o.metadata.uid != me.metadata.uid)
             .filter_map(|o| {
                 let (state, trust) = State::read(o, &keys);
                 state
                     .ids()
                     .iter()
                     .any(|x| x == id)
-                    .then(|| (trust == Trust::Signed, age(o), name(o)))
+                    .then(|| (trust == Trust::Signed, age(o), name(&o.metadata)))
             })
             .collect();
         // Signed claims first, then the oldest: the holder a message names is the real one.

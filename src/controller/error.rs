@@ -10,6 +10,14 @@ use crate::api::ApiError;
 pub enum Error {
     #[error("object has no namespace")]
     MissingNamespace,
+    /// The object cache's copy of the object did not decode: a bug (the cache wrote it).
+    #[error("decoding the cached copy of {namespace}/{name}: {source}")]
+    ReadCachedObject {
+        namespace: String,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("reading Secrets in namespace {namespace}: {source}")]
     ReadSecrets {
         namespace: String,
@@ -85,6 +93,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::MissingNamespace => "invalid_object",
+            Error::ReadCachedObject { .. } => "object_cache",
             Error::ReadSecrets { .. } => "kubernetes_read",
             Error::WriteState { .. }
             | Error::WriteStatus { .. }

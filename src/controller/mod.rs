@@ -23,6 +23,7 @@
 //! `docs/architecture.md` draws the same pipeline and says which files do IO.
 
 mod act;
+pub mod cached;
 pub mod context;
 pub mod decision;
 pub mod desired;

@@ -3,7 +3,6 @@
 //! refer to.
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,20 +10,19 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use super::cached::Cached;
 use super::context::{Config, Context};
 use super::events::Recorder;
-use super::state::{ANNOTATION_STATE, State};
-use super::{Error, decision, details, reconcile, secret_cache, secrets};
+use super::{Error, details, reconcile, secret_cache};
 use crate::api::DeploymentsApi;
 use crate::metrics::Metrics;
-use crate::resource::{FINALIZER, GitDeployment};
 
 /// Transient failures come back after a per-object exponential backoff.
-pub fn error_policy<A: DeploymentsApi>(
-    obj: Arc<GitDeployment>,
+pub fn error_policy<A: DeploymentsApi, K: Resource>(
+    obj: Arc<K>,
     error: &Error,
     ctx: Arc<Context<A>>,
 ) -> Requeue {
@@ -42,50 +40,6 @@ pub fn error_policy<A: DeploymentsApi>(
     tracing::warn!(object = %obj.name_any(), namespace = ?obj.namespace(), %error, retry_in = ?delay, "reconcile failed");
     Requeue::requeue(delay)
 }
-
-/// What wakes an object: its own spec, finalizers and annotations (not its status or the
-/// operator's own state annotation, which would make every write wake it again), and the loss
-/// of its status (a restore, a wipe), which must be rebuilt at once.
-///
-/// The operator's own finalizer counts only where it disagrees with the state annotation (an
-/// object that has made something remote carries it, one that has made nothing does not): it
-/// rides on the intent of a first create, and waking every object for that write cost a
-/// reconcile per create; someone removing it from an object that needs it still wakes it.
-fn wake_hash(obj: &GitDeployment) -> Option<u64> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    // A lost status, or the schema's default `observedGeneration: 0`, means "not observed".
-    obj.status
-        .as_ref()
-        .and_then(|s| s.observed_generation)
-        .is_some_and(|g| g > 0)
-        .hash(&mut h);
-    predicates::generation(obj).hash(&mut h);
-    let own = obj.finalizers().iter().any(|f| f == FINALIZER);
-    for f in obj.finalizers().iter().filter(|f| *f != FINALIZER) {
-        f.hash(&mut h);
-    }
-    let made = State::unverified(obj).is_some_and(|s| decision::made_anything(&s));
-    (own != made).hash(&mut h);
-    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
-    for (k, v) in obj.annotations() {
-        if k != ANNOTATION_STATE {
-            (k, v).hash(&mut h);
-        }
-    }
-    Some(h.finish())
-}
-
-/// What the object cache keeps of an object: not its managed fields, nor `kubectl apply`'s
-/// copy of the last applied manifest. They are most of an object's size, nothing here reads
-/// them, and at ten thousand objects they would be most of the operator's memory.
-fn slim(obj: &mut GitDeployment) {
-    obj.metadata.managed_fields = None;
-    if let Some(annotations) = &mut obj.metadata.annotations {
-        annotations.remove(LAST_APPLIED);
-    }
-}
-
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Options of the controller loop.
 pub struct RunOptions {
@@ -242,11 +196,11 @@ pub async fn run<A: DeploymentsApi>(
         .modify(secret_cache::strip)
         .reflect(secret_writer)
         .touched_objects();
+    // Slimmed and made compact as each object arrives (`Cached`'s deserializer).
     let trigger = watch_events(&client, &options.namespaces, &reader)
-        .modify(slim)
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(wake_hash, Default::default());
+        .predicate_filter(|o: &Cached| Some(o.wake()), Default::default());
     let default_credentials = config.default_credentials.clone();
     let counting = metrics.clone();
     let ctx = Context::new(
@@ -298,22 +252,38 @@ pub async fn run<A: DeploymentsApi>(
             index
                 .state()
                 .into_iter()
-                .filter(|o| {
-                    o.namespace() == ns
-                        && secrets::referenced(&o.spec, &default_credentials).any(|r| r == name)
-                })
+                .filter(|o| o.namespace() == ns && o.refers_to(&name, &default_credentials))
                 .map(|o| ObjectRef::from_obj(&*o))
                 .collect::<Vec<_>>()
         })
-        .reconcile_on(woken)
+        .reconcile_on(woken.map(|o| {
+            let to = ObjectRef::<Cached>::new(&o.name);
+            match &o.namespace {
+                Some(ns) => to.within(ns),
+                None => to,
+            }
+        }))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, error_policy, ctx)
+        .run(reconcile_cached, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
             }
         })
         .await;
+}
+
+/// Reconciles the object a cache entry holds, decoded.
+async fn reconcile_cached<A: DeploymentsApi>(
+    cached: Arc<Cached>,
+    ctx: Arc<Context<A>>,
+) -> Result<Requeue, Error> {
+    let obj = cached.object().map_err(|source| Error::ReadCachedObject {
+        namespace: cached.namespace().unwrap_or_default(),
+        name: cached.name_any(),
+        source,
+    })?;
+    reconcile::reconcile(Arc::new(obj), ctx).await
 }
 
 /// The recorder every event goes through.
@@ -451,99 +421,5 @@ mod tests {
         m.list(0, &[("new", "2")]);
         m.list(1, &[]);
         assert_eq!(m.objects(), ["a/new@2"]);
-    }
-
-    #[test]
-    fn the_object_cache_keeps_every_annotation_but_kubectls_copy_and_no_managed_fields() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
-        let spec = serde_json::from_value(serde_json::json!({"projectId": "p", "branch": "main"}))
-            .unwrap();
-        let mut o = GitDeployment::new("web", spec);
-        o.metadata.annotations = Some(
-            [
-                (LAST_APPLIED, "{...}"),
-                (ANNOTATION_STATE, "{}"),
-                ("team", "a"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        );
-        o.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
-        slim(&mut o);
-        assert_eq!(o.metadata.managed_fields, None);
-        let kept: Vec<&String> = o.annotations().keys().collect();
-        assert_eq!(kept, [ANNOTATION_STATE, "team"]);
-    }
-
-    #[test]
-    fn the_operators_finalizer_riding_on_a_first_create_does_not_wake_the_object_but_losing_it_does()
-     {
-        let spec: crate::resource::GitDeploymentSpec =
-            serde_json::from_value(serde_json::json!({"projectId": "proj_a", "branch": "main"}))
-                .unwrap();
-        let with = |state: Option<&str>, finalizers: &[&str]| {
-            let mut o = GitDeployment::new("web", spec.clone());
-            o.metadata.annotations = state.map(|s| {
-                [(ANNOTATION_STATE.to_string(), s.to_string())]
-                    .into_iter()
-                    .collect()
-            });
-            o.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
-            wake_hash(&o)
-        };
-        let intent = r#"{"intent":{"fingerprint":"f","at":"2026-12-03T20:00:00Z"}}"#;
-        let recorded = r#"{"id":"dep_1","fingerprint":"f"}"#;
-        let fresh = with(None, &[]);
-        assert_eq!(
-            fresh,
-            with(Some(intent), &[FINALIZER]),
-            "the first create's write"
-        );
-        assert_eq!(fresh, with(Some(recorded), &[FINALIZER]), "its id recorded");
-        assert_ne!(
-            fresh,
-            with(Some(recorded), &[]),
-            "someone removed the finalizer from an object that made a deployment"
-        );
-        assert_ne!(
-            fresh,
-            with(None, &[FINALIZER]),
-            "a finalizer with nothing made"
-        );
-        assert_ne!(
-            with(Some(recorded), &[FINALIZER]),
-            with(Some(recorded), &[FINALIZER, "example.com/other"]),
-            "anyone else's finalizer"
-        );
-    }
-
-    #[test]
-    fn putting_or_lifting_a_pause_wakes_the_object_and_a_state_write_does_not() {
-        use crate::resource::{ANNOTATION_PAUSED, GitDeploymentSpec};
-        let spec: GitDeploymentSpec =
-            serde_json::from_value(serde_json::json!({"projectId": "proj_a", "branch": "main"}))
-                .unwrap();
-        let with = |annotations: &[(&str, &str)]| {
-            let mut o = GitDeployment::new("web", spec.clone());
-            o.metadata.annotations = Some(
-                annotations
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            );
-            o.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
-            wake_hash(&o)
-        };
-        let running = with(&[(ANNOTATION_STATE, r#"{"id":"dep_1"}"#)]);
-        let paused = with(&[
-            (ANNOTATION_STATE, r#"{"id":"dep_1"}"#),
-            (ANNOTATION_PAUSED, "true"),
-        ]);
-        assert_ne!(running, paused);
-        assert_eq!(
-            running,
-            with(&[(ANNOTATION_STATE, r#"{"id":"dep_2","history":["dep_1"]}"#)])
-        );
     }
 }

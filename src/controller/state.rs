@@ -101,19 +101,29 @@ impl State {
     /// The state of an object, and how far to trust it: its own annotation first; else what
     /// `.status` still says; else the adoption annotation `git.dev/deployment-id` a user set.
     pub fn read(obj: &GitDeployment, keys: &impl Verify) -> (State, Trust) {
+        let (state, signature) = State::claimed(obj);
+        let trust = match signature {
+            Some(sig) if keys.verifies(&sig, &signed_parts(obj, &state).parts()) => Trust::Signed,
+            _ => Trust::Hint,
+        };
+        (state, trust)
+    }
+
+    /// The deployments `obj` names, read as [`State::read`] reads them but not verified.
+    pub fn named_by(obj: &GitDeployment) -> Vec<String> {
+        State::claimed(obj).0.ids()
+    }
+
+    /// The state `obj` claims, from the first source [`State::read`] names, and the signature
+    /// of its own annotation if that is the source.
+    fn claimed(obj: &GitDeployment) -> (State, Option<String>) {
         let annotations = obj.metadata.annotations.as_ref();
         if let Some((mut state, signature)) = annotations
             .and_then(|a| a.get(ANNOTATION_STATE))
             .and_then(|s| parse(s))
         {
-            let trust = match signature {
-                Some(sig) if keys.verifies(&sig, &signed_parts(obj, &state).parts()) => {
-                    Trust::Signed
-                }
-                _ => Trust::Hint,
-            };
             state.history.truncate(HISTORY_LIMIT);
-            return (state, trust);
+            return (state, signature);
         }
         if let Some(status) = obj.status.as_ref().filter(|s| s.deployment_id.is_some()) {
             let state = State {
@@ -127,7 +137,7 @@ impl State {
                     .collect(),
                 ..State::default()
             };
-            return (state, Trust::Hint);
+            return (state, None);
         }
         let state = State {
             id: annotations
@@ -136,7 +146,7 @@ impl State {
                 .filter(|id| !id.is_empty()),
             ..State::default()
         };
-        (state, Trust::Hint)
+        (state, None)
     }
 
     /// What the object's own `git.dev/state` says, signed or not (for tools that only list

@@ -3,7 +3,7 @@
 //! `objects` counts the objects themselves at each scrape; the rest are counted as the
 //! operator works. `docs/monitoring.md` lists every family, its labels and what to do with it.
 
-mod objects;
+pub(crate) mod objects;
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,8 @@ use prometheus_client::registry::Registry;
 
 use crate::api::client::ApiObserver;
 use crate::api::{BudgetSnapshot, Endpoint};
-use crate::resource::{GitDeployment, GitDeploymentStatus};
+use crate::controller::cached::Cached;
+use crate::resource::GitDeploymentStatus;
 use objects::transition;
 pub use objects::{HEALTHS, REASONS, REMOTE_STATUSES};
 
@@ -234,7 +235,7 @@ impl Metrics {
 
     /// Counts the objects of the controller's cache at each scrape from now on; called once
     /// the cache is filled.
-    pub fn count_objects(&self, store: kube::runtime::reflector::Store<GitDeployment>) {
+    pub fn count_objects(&self, store: kube::runtime::reflector::Store<Cached>) {
         self.objects.count(store);
     }
 
@@ -406,14 +407,14 @@ mod tests {
             !m.render().contains("gitdev_objects"),
             "nothing before the cache is filled"
         );
-        let (store, mut writer) = reflector::store::<GitDeployment>();
+        let (store, mut writer) = reflector::store::<Cached>();
         let object = |name: &str| {
             let spec =
                 serde_json::from_value(serde_json::json!({"projectId": "p", "branch": "main"}))
                     .unwrap();
-            let mut o = GitDeployment::new(name, spec);
+            let mut o = crate::resource::GitDeployment::new(name, spec);
             o.metadata.namespace = Some("apps".into());
-            o
+            Cached::of(o).unwrap()
         };
         for event in [
             Event::Init,

@@ -24,6 +24,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::controller::cached::Cached;
 use crate::resource::{GitDeployment, GitDeploymentStatus};
 
 /// The health of an object, as its `Ready`, `Reconciling` and `Stalled` conditions say it.
@@ -214,12 +215,12 @@ type Count = Gauge<i64, AtomicI64>;
 /// objects rather than zero of each): summing the replicas' series counts each object once.
 #[derive(Debug, Default)]
 pub struct ObjectGauges {
-    store: Mutex<Option<Store<GitDeployment>>>,
+    store: Mutex<Option<Store<Cached>>>,
 }
 
 impl ObjectGauges {
     /// Counts the objects of `store` from now on; call it once the store is filled.
-    pub fn count(&self, store: Store<GitDeployment>) {
+    pub fn count(&self, store: Store<Cached>) {
         *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
     }
 
@@ -230,7 +231,7 @@ impl ObjectGauges {
                 .as_ref()?
                 .state()
                 .iter()
-                .map(|o| standing(o))
+                .map(|o| o.standing())
                 .collect(),
         )
     }

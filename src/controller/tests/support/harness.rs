@@ -178,10 +178,11 @@ impl Harness {
 
 fn store_of(
     objects: impl Iterator<Item = GitDeployment>,
-) -> kube::runtime::reflector::Store<GitDeployment> {
+) -> kube::runtime::reflector::Store<crate::controller::cached::Cached> {
     let (reader, mut writer) = kube::runtime::reflector::store();
     for o in objects {
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(o));
+        let cached = crate::controller::cached::Cached::of(o).unwrap();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(cached));
     }
     reader
 }

@@ -154,10 +154,12 @@ impl Resource for Cached {
 /// operator's own state annotation, which would make every write wake it again), and the loss
 /// of its status (a restore, a wipe), which must be rebuilt at once.
 ///
-/// The operator's own finalizer counts only where it disagrees with the state annotation (an
-/// object that has made something remote carries it, one that has made nothing does not): it
-/// rides on the intent of a first create, and waking every object for that write cost a
-/// reconcile per create; someone removing it from an object that needs it still wakes it.
+/// The operator's own finalizer counts only where it is missing from an object whose state
+/// says it made something remote: it rides on the intent of a first create, and waking every
+/// object for that write cost a reconcile per create; someone removing it from an object that
+/// needs it still wakes it. Not "disagrees with the state" either way: a create refused (403)
+/// drops its intent and keeps the finalizer, and the next attempt writes the intent again, so
+/// every write would have woken the object for the next, a hot loop against the API.
 pub fn wake_hash(obj: &GitDeployment) -> u64 {
     let mut h = DefaultHasher::new();
     // A lost status, or the schema's default `observedGeneration: 0`, means "not observed".
@@ -172,7 +174,7 @@ pub fn wake_hash(obj: &GitDeployment) -> u64 {
         f.hash(&mut h);
     }
     let made = State::unverified(obj).is_some_and(|s| decision::made_anything(&s));
-    (own != made).hash(&mut h);
+    (made && !own).hash(&mut h);
     obj.metadata.deletion_timestamp.is_some().hash(&mut h);
     for (k, v) in obj.annotations() {
         if k != ANNOTATION_STATE {
@@ -251,10 +253,15 @@ mod tests {
             with(Some(recorded), &[]),
             "someone removed the finalizer from an object that made a deployment"
         );
-        assert_ne!(
+        assert_eq!(
             fresh,
             with(None, &[FINALIZER]),
-            "a finalizer with nothing made"
+            "a create refused: its intent dropped, the finalizer kept"
+        );
+        assert_eq!(
+            with(None, &[FINALIZER]),
+            with(Some(intent), &[FINALIZER]),
+            "the next attempt's intent"
         );
         assert_ne!(
             with(Some(recorded), &[FINALIZER]),

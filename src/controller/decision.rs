@@ -110,10 +110,19 @@ pub struct Pace {
     /// The token's budget has plenty to spare (`Room::Ample`): nothing waits for it, nor
     /// will soon.
     pub ample_budget: bool,
+    /// Not observed this time: the token's creates go first, and a listing wakes the object
+    /// if it finds the deployment finished.
+    pub deferred: bool,
 }
 
 /// The longest wait between two looks at an in-flight deployment.
 const LONGEST_POLL: Duration = Duration::from_secs(30);
+
+/// How soon an in-flight deployment whose observation waited for its token's creates is
+/// looked at again. Nothing is learnt by looking sooner (the creates go first, and a listing
+/// wakes the object if it finds the deployment finished), and at 10,000 objects looking every
+/// second or two was most of the reconciles, each taking a slot a create was waiting for.
+const DEFERRED_POLL: Duration = Duration::from_secs(5);
 
 /// How often an in-progress deployment is looked at again (and how old a listing may be to
 /// answer for it). By phase: a queued one changes less often than a building one, and a
@@ -123,7 +132,8 @@ const LONGEST_POLL: Duration = Duration::from_secs(30);
 /// that creates or reads need is left to them. A phase that has gone on for long is not about to
 /// end any moment: looked at a tenth of its age later (at most every 30 s), so that a build of
 /// ten minutes costs tens of listings, not hundreds, and is still seen finished within a
-/// tenth of its time.
+/// tenth of its time. One whose observation waited for creates is looked at again later
+/// ([`DEFERRED_POLL`]).
 pub fn poll_interval(status: Remote, pace: Pace) -> Option<Duration> {
     let base = match status {
         Remote::Queued => Duration::from_secs(2),
@@ -131,6 +141,11 @@ pub fn poll_interval(status: Remote, pace: Pace) -> Option<Duration> {
         Remote::Deploying if pace.ample_budget => Duration::from_millis(500),
         Remote::Deploying => Duration::from_secs(1),
         Remote::Success | Remote::Failed | Remote::Cancelled => return None,
+    };
+    let base = if pace.deferred {
+        base.max(DEFERRED_POLL)
+    } else {
+        base
     };
     Some(base.max((pace.in_phase / 10).min(LONGEST_POLL)))
 }
@@ -704,13 +719,18 @@ mod tests {
     }
 
     #[test]
-    fn an_in_flight_deployment_is_looked_at_by_phase_faster_with_budget_to_spare_and_slower_the_longer_a_phase_lasts()
+    fn an_in_flight_deployment_is_looked_at_by_phase_faster_with_budget_to_spare_slower_the_longer_a_phase_lasts_or_while_creates_go_first()
      {
         use Remote::*;
         let s = Duration::from_secs_f64;
         let pace = |in_phase: f64, ample_budget: bool| Pace {
             in_phase: s(in_phase),
             ample_budget,
+            deferred: false,
+        };
+        let deferred = |in_phase: f64| Pace {
+            deferred: true,
+            ..pace(in_phase, false)
         };
         #[rustfmt::skip]
         let table: Vec<(&str, Remote, Pace, Option<Duration>)> = vec![
@@ -722,6 +742,9 @@ mod tests {
             ("building for 40 s: a tenth of that", Building, pace(40.0, false), Some(s(4.0))),
             ("queued for 15 s: never faster than the phase's cadence", Queued, pace(15.0, true), Some(s(2.0))),
             ("building for an hour: every 30 s", Building, pace(3600.0, true), Some(s(30.0))),
+            ("deploying, waiting for the creates", Deploying, deferred(0.0), Some(s(5.0))),
+            ("queued, waiting for the creates", Queued, deferred(0.0), Some(s(5.0))),
+            ("building for an hour, waiting for the creates", Building, deferred(3600.0), Some(s(30.0))),
             ("finished: not polled", Success, pace(0.0, true), None),
             ("failed: not polled", Failed, pace(10.0, true), None),
             ("cancelled: not polled", Cancelled, pace(0.0, false), None),

@@ -9,6 +9,7 @@
 //! thousand objects converge without polling each one.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,7 @@ impl<A: DeploymentsApi> Round<'_, A> {
                         Some(Seen::NotYet) | None => {
                             let waiter = ObjectRef::from_obj(&self.obj);
                             observer.want(token, &mirrored.id, mirrored.created_at, waiter);
+                            self.observation_deferred.store(true, Ordering::Relaxed);
                         }
                     }
                 }
@@ -174,6 +176,7 @@ impl<A: DeploymentsApi> Round<'_, A> {
         Pace {
             in_phase: self.ctx.coordination.observer.in_phase(token, id),
             ample_budget: self.ctx.api.room(token) == Room::Ample,
+            deferred: self.observation_deferred.load(Ordering::Relaxed),
         }
     }
 

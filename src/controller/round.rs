@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -47,6 +48,9 @@ pub(super) struct Round<'a, A: DeploymentsApi> {
     /// What `export.rs` exported in this round (`Some(None)`: no longer exports), for the
     /// status written at the end.
     pub exported: Option<Option<Exported>>,
+    /// The tracked deployment was not observed in this round: its token's creates go first
+    /// (`observe`). A listing wakes the object if it finds the deployment finished.
+    pub observation_deferred: AtomicBool,
 }
 
 impl<'a, A: DeploymentsApi> Round<'a, A> {
@@ -64,6 +68,7 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
             obj: obj.clone(),
             failure: None,
             exported: None,
+            observation_deferred: AtomicBool::new(false),
         })
     }
 

@@ -74,13 +74,15 @@ async fn an_object_woken_while_creates_go_on_turns_ready_from_the_listing_that_w
     let ctx = h.ctx.clone();
     let observer = &ctx.coordination.observer;
     observer.wake_into(wake);
-    // Polled while another object's create is under way: waited on, not listed.
+    // Polled while another object's create is under way: waited on, not listed, and looked
+    // at again only in 5 s (a listing wakes it sooner if it finds the deployment finished).
     let pending = ctx.coordination.create_pending(&token);
-    h.reconcile_freely().await.unwrap();
+    let action = h.reconcile_freely().await.unwrap();
     assert!(
         h.api().take_calls().is_empty(),
         "nothing read during creates"
     );
+    assert_requeue_between(&action, secs(5.0), secs(5.5));
     // Another object's poll lists, finds dep_1 finished and wakes this one.
     let other = h.api().add("main", None, Remote::Deploying);
     observer

@@ -8,11 +8,17 @@
 //! its token and environment from memory, and the API server sees a Secret GET only when a
 //! Secret changed or was never read.
 //!
+//! Reconciles that need a Secret nobody has kept yet while another reconcile reads it (a burst
+//! of objects sharing one token, just after the operator starts) wait for that read and share
+//! its answer: one GET, not one per object.
+//!
 //! The kept values are bounded: a Secret over [`ENTRY_LIMIT_BYTES`] is never kept (it is read
 //! each time; such Secrets are rare and their objects are usually stalled on `EnvTooLarge`),
 //! and past [`CACHE_LIMIT_BYTES`] the least recently used values are dropped.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -32,7 +38,12 @@ pub struct SecretCache {
     /// The watched Secrets' metadata; `None` where no watch runs (then nothing is kept).
     versions: Option<Store<PartialObjectMeta<Secret>>>,
     values: Mutex<Values>,
+    /// Reads under way, by Secret: a reconcile that needs one joins it.
+    flights: Mutex<HashMap<ObjectKey, Flight>>,
 }
+
+/// One GET of a Secret, shared by every reconcile that asked for it before it was answered.
+type Flight = Arc<tokio::sync::OnceCell<Option<Arc<Secret>>>>;
 
 #[derive(Default)]
 struct Values {
@@ -64,7 +75,46 @@ impl SecretCache {
         SecretCache {
             versions: Some(versions),
             values: Mutex::default(),
+            flights: Mutex::default(),
         }
+    }
+
+    /// Secret `namespace/name`: the kept value if it is fresh, else what `fetch` reads (and
+    /// is kept), or what a read of it already under way answers. The flag says whether this
+    /// call sent the read.
+    pub async fn read<E, F, Fut>(
+        &self,
+        namespace: &str,
+        name: &str,
+        fetch: F,
+    ) -> Result<(Option<Arc<Secret>>, bool), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Secret>, E>>,
+    {
+        if let Cached::Fresh(secret) = self.get(namespace, name) {
+            return Ok((Some(secret), false));
+        }
+        let key = key(namespace, name);
+        let flight = lock(&self.flights).entry(key.clone()).or_default().clone();
+        let sent = AtomicBool::new(false);
+        let answer = flight
+            .get_or_try_init(|| async {
+                sent.store(true, Ordering::Relaxed);
+                // Landed when the read ends, answered, failed or dropped: whoever asks later
+                // finds the kept value, or reads anew. Nobody is served an answer older than
+                // their question from a flight left behind.
+                let _landing = Landing {
+                    flights: &self.flights,
+                    key: &key,
+                    flight: &flight,
+                };
+                let read = fetch().await?;
+                self.keep(namespace, name, read.as_ref());
+                Ok(read.map(Arc::new))
+            })
+            .await?;
+        Ok((answer.clone(), sent.load(Ordering::Relaxed)))
     }
 
     /// The kept value of Secret `namespace/name`, if it is still the version the watch shows.
@@ -151,6 +201,26 @@ impl SecretCache {
         let store = self.versions.as_ref()?;
         let meta = store.get(&ObjectRef::new(name).within(namespace))?;
         meta.metadata.resource_version.clone()
+    }
+}
+
+/// Takes a finished flight off the board (only that one: a later flight for the same Secret
+/// may have replaced it).
+struct Landing<'a> {
+    flights: &'a Mutex<HashMap<ObjectKey, Flight>>,
+    key: &'a ObjectKey,
+    flight: &'a Flight,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        let mut flights = lock(self.flights);
+        if flights
+            .get(self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, self.flight))
+        {
+            flights.remove(self.key);
+        }
     }
 }
 
@@ -323,6 +393,80 @@ mod tests {
             matches!(cache.get("a", "s2"), Cached::Read),
             "the oldest went first"
         );
+    }
+
+    #[tokio::test]
+    async fn reconciles_asking_for_a_secret_while_it_is_read_share_that_one_read() {
+        let (cache, _w) = watched(&[meta("a", "creds", "5")]);
+        let gets = std::sync::atomic::AtomicUsize::new(0);
+        let (release, released) = tokio::sync::watch::channel(false);
+        let fetch = || {
+            gets.fetch_add(1, Ordering::SeqCst);
+            let mut released = released.clone();
+            async move {
+                released.wait_for(|r| *r).await.unwrap();
+                Ok::<_, ()>(Some(secret("5", b"sk_1")))
+            }
+        };
+        let readers = futures::future::join_all((0..3).map(|_| cache.read("a", "creds", fetch)));
+        let release_after_all_asked = async {
+            tokio::task::yield_now().await;
+            release.send(true).unwrap();
+        };
+        let (answers, ()) = tokio::join!(readers, release_after_all_asked);
+        assert_eq!(
+            gets.load(Ordering::SeqCst),
+            1,
+            "one GET for three reconciles"
+        );
+        let sent: Vec<bool> = answers.iter().map(|a| a.as_ref().unwrap().1).collect();
+        assert_eq!(sent.iter().filter(|s| **s).count(), 1, "{sent:?}");
+        for answer in answers {
+            let (secret, _) = answer.unwrap();
+            assert_eq!(
+                token(Cached::Fresh(secret.unwrap())),
+                Some(b"sk_1".to_vec())
+            );
+        }
+        // Landed and kept: the next reconcile reads memory.
+        assert!(lock(&cache.flights).is_empty());
+        let (_, sent) = cache.read("a", "creds", fetch).await.unwrap();
+        assert!(!sent);
+        assert_eq!(gets.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_dropped_read_is_not_shared_and_a_read_after_one_landed_reads_anew() {
+        // No watch: nothing is kept, so every read that does not join a flight sends its own.
+        let cache = SecretCache::default();
+        let failed = cache
+            .read("a", "creds", || async {
+                Err::<Option<Secret>, _>("refused")
+            })
+            .await;
+        assert_eq!(failed.unwrap_err(), "refused");
+        assert!(lock(&cache.flights).is_empty(), "a failed read lands too");
+        let dropped = tokio::time::timeout(
+            std::time::Duration::from_millis(5),
+            cache.read(
+                "a",
+                "creds",
+                std::future::pending::<Result<Option<Secret>, ()>>,
+            ),
+        )
+        .await;
+        assert!(dropped.is_err());
+        assert!(lock(&cache.flights).is_empty(), "so does a dropped one");
+        for value in [&b"sk_1"[..], b"sk_2"] {
+            let (secret, sent) = cache
+                .read("a", "creds", || async {
+                    Ok::<_, ()>(Some(secret("5", value)))
+                })
+                .await
+                .unwrap();
+            assert!(sent);
+            assert_eq!(token(Cached::Fresh(secret.unwrap())), Some(value.to_vec()));
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use super::decision::Health;
-use super::secret_cache::{Cached, SecretCache};
+use super::secret_cache::SecretCache;
 use crate::api::ApiToken;
 use crate::metrics::Metrics;
 use crate::resource::{GitDeploymentSpec, SecretKeyRef};
@@ -186,7 +186,8 @@ pub fn is_env_name(s: &str) -> bool {
 }
 
 /// Every Secret the object refers to (each once), from `cache` where it holds the version
-/// the watch shows, else read from the API server and kept.
+/// the watch shows, else read from the API server (or taken from a read of it under way) and
+/// kept.
 pub async fn read_all(
     api: &Api<Secret>,
     cache: &SecretCache,
@@ -200,18 +201,9 @@ pub async fn read_all(
         if found.contains_key(&name) {
             continue;
         }
-        let secret = match cache.get(namespace, &name) {
-            Cached::Fresh(secret) => {
-                metrics.secret_read("cache");
-                Some(secret)
-            }
-            Cached::Read => {
-                let read = api.get_opt(&name).await?;
-                metrics.secret_read("api");
-                cache.keep(namespace, &name, read.as_ref());
-                read.map(Arc::new)
-            }
-        };
+        let (secret, sent) = cache.read(namespace, &name, || api.get_opt(&name)).await?;
+        // A read shared with a reconcile that sent it is served from memory too.
+        metrics.secret_read(if sent { "api" } else { "cache" });
         if let Some(secret) = secret {
             found.insert(name, secret);
         }

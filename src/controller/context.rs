@@ -213,6 +213,11 @@ type Gates = Mutex<HashMap<(ApiToken, String), Arc<RwLock<()>>>>;
 /// How long a deployment created here stays claimed in memory: by then the store has long
 /// shown every object's own record of its deployments.
 const CLAIM_MEMORY: Duration = Duration::from_secs(600);
+/// The longest a refused create holds observation back (a `Retry-After` is the API's word,
+/// not trusted to be short).
+const MAX_OWED: Duration = Duration::from_secs(60);
+/// Past a refused create's retry time, for its reconcile to come round.
+const OWED_MARGIN: Duration = Duration::from_secs(1);
 
 /// Coordination between concurrent reconciles of one process.
 #[derive(Default)]
@@ -220,6 +225,9 @@ pub struct Coordination {
     failures: Mutex<HashMap<ObjectKey, u32>>,
     /// Creates under way or about to be, per token: observation yields to them.
     creates_pending: Mutex<HashMap<ApiToken, usize>>,
+    /// Per token, until when creates refused for want of budget are owed: their objects come
+    /// back then, and observation keeps yielding to them meanwhile.
+    creates_owed: Mutex<HashMap<ApiToken, Instant>>,
     create_gates: Gates,
     /// Deployments this process created, by id: claimed before the object's own record of
     /// them reaches the store.
@@ -410,13 +418,37 @@ impl Coordination {
         }
     }
 
-    /// Whether creates are waiting for `token`'s budget: the priority queue of the client only
-    /// orders calls already waiting, and between two creates an observation would take the
-    /// next token. Observation of what is already mirrored waits for the creates instead.
+    /// A create for `token` was refused for want of budget; its object tries again `after`
+    /// from now (and a moment more for its reconcile to come round).
+    pub fn owe_create(&self, token: &ApiToken, after: Duration) {
+        let until = Instant::now() + after.min(MAX_OWED) + OWED_MARGIN;
+        let mut owed = lock(&self.creates_owed);
+        let at = owed.entry(token.clone()).or_insert(until);
+        *at = (*at).max(until);
+    }
+
+    /// Whether creates are waiting for `token`'s budget, or were refused it and will be back:
+    /// the priority queue of the client only orders calls already waiting, and between two
+    /// creates an observation would take the next token. Observation of what is already
+    /// mirrored waits for the creates instead. On a budget-bound token most waiting objects
+    /// are between two tries, not in the queue: counted too, else every gap in the queue let
+    /// a listing take a create's turn.
     pub fn creates_pending(&self, token: &ApiToken) -> bool {
-        lock(&self.creates_pending)
+        if lock(&self.creates_pending)
             .get(token)
             .is_some_and(|n| *n > 0)
+        {
+            return true;
+        }
+        let mut owed = lock(&self.creates_owed);
+        match owed.get(token) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                owed.remove(token);
+                false
+            }
+            None => false,
+        }
     }
 }
 
@@ -519,6 +551,27 @@ mod tests {
         drop(two);
         search.await.unwrap();
         assert!(lock(&c.create_gates).is_empty());
+    }
+
+    #[test]
+    fn creates_refused_for_budget_are_owed_until_their_objects_come_back() {
+        let c = Coordination::default();
+        let token = ApiToken::new("sk_test_write");
+        let other = ApiToken::new("sk_test_other");
+        c.owe_create(&token, Duration::from_secs(60));
+        // A shorter wait owed later does not cut the longer one short.
+        c.owe_create(&token, Duration::ZERO);
+        assert!(c.creates_pending(&token));
+        assert!(!c.creates_pending(&other));
+
+        let c = Coordination::default();
+        c.owe_create(&token, Duration::ZERO);
+        lock(&c.creates_owed).insert(token.clone(), Instant::now());
+        assert!(
+            !c.creates_pending(&token),
+            "owed no longer once the time is past"
+        );
+        assert!(lock(&c.creates_owed).is_empty(), "and forgotten");
     }
 
     #[test]

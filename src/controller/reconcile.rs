@@ -26,7 +26,7 @@ use super::recover::Settled;
 use super::round::Round;
 use super::{Context, Error};
 use super::{export, status, verify};
-use crate::api::DeploymentsApi;
+use crate::api::{DeploymentsApi, ErrorClass};
 use crate::resource::{FINALIZER, GitDeployment};
 
 /// One reconcile of one object. A panic inside it (a bug that some tenant's object reaches)
@@ -218,7 +218,12 @@ async fn apply<A: DeploymentsApi>(obj: &GitDeployment, ctx: &Context<A>) -> Resu
             let _pending = ctx.coordination.create_pending(&token);
             match round.create(&token, &desired, &goal.fingerprint).await {
                 Ok(observed) => observed,
-                Err(err) => return round.api_failed(err, "create the deployment").await,
+                Err(err) => {
+                    if let ErrorClass::RateLimited { retry_after } = err.class() {
+                        ctx.coordination.owe_create(&token, retry_after);
+                    }
+                    return round.api_failed(err, "create the deployment").await;
+                }
             }
         }
         Step::Cancel { id, reason } => match round.cancel(&token, &id, reason).await {

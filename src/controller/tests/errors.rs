@@ -204,6 +204,10 @@ async fn an_object_waiting_for_rate_budget_to_create_writes_no_intent_while_it_w
 
     assert_eq!(requeue_after(&action), Some(Duration::from_secs(12)));
     assert!(h.api().take_calls().is_empty(), "nothing was sent");
+    assert!(
+        h.ctx.coordination.creates_pending(&ApiToken::new(TOKEN)),
+        "observation of the token's other objects yields to the create it owes"
+    );
 
     // Still no budget: nothing changed, nothing is written.
     no_budget_for_a_create(&h, 3);

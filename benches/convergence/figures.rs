@@ -32,6 +32,9 @@ impl Dist {
 #[derive(Clone, Debug, Default)]
 pub struct RunFigures {
     pub apply_seconds: f64,
+    /// From the start of the apply until a watch saw the first object: how long the clients
+    /// took before anything existed for the operator to act on.
+    pub first_seen_seconds: f64,
     /// From the start of the apply until every object was `Ready`; `None` if they never were.
     pub all_ready_seconds: Option<f64>,
     pub all_details_seconds: Option<f64>,

@@ -174,11 +174,15 @@ fn print_run(w: &Workload, f: &RunFigures) {
     let floor = w.floor();
     match f.all_ready_seconds {
         Some(t) => println!(
-            "  all Ready after {t:.1} s ({:.2} × floor {floor:.1} s); objects made in {:.1} s",
+            "  all Ready after {t:.1} s ({:.2} × floor {floor:.1} s); objects made in {:.1} s (the first after {:.1} s)",
             t / floor,
-            f.apply_seconds
+            f.apply_seconds,
+            f.first_seen_seconds
         ),
-        None => println!("  NOT all Ready; objects made in {:.1} s", f.apply_seconds),
+        None => println!(
+            "  NOT all Ready; objects made in {:.1} s (the first after {:.1} s)",
+            f.apply_seconds, f.first_seen_seconds
+        ),
     }
     println!(
         "  last POST {:+.2} s after the objects were made; seen → POST {}",
@@ -228,6 +232,8 @@ fn summarize(w: &Workload, runs: &[RunFigures]) -> Report {
     );
     let made = Spread::of(&each(|f| f.apply_seconds)).map(|s| s.show(" s", 1));
     r.figure("objects made in", made.unwrap_or_default(), None);
+    let first = Spread::of(&each(|f| f.first_seen_seconds)).map(|s| s.show(" s", 1));
+    r.figure("first object made after", first.unwrap_or_default(), None);
     // The operator's share: from the moment the last object existed.
     let after_made: Vec<f64> = runs
         .iter()

@@ -248,6 +248,13 @@ fn measure(cluster: &Cluster, w: &Workload) -> RunFigures {
         .collect();
     RunFigures {
         apply_seconds: applied - start,
+        first_seen_seconds: stamps
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|s| s.seen)
+            .reduce(f64::min)
+            .map_or(f64::NAN, |t| t - start),
         all_ready_seconds: all_ready.map(|t| t - start),
         all_details_seconds: all_details.map(|t| t - start),
         remote_deployments: deployments.len(),

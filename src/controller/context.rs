@@ -421,8 +421,11 @@ impl Coordination {
     /// A create for `token` was refused for want of budget; its object tries again `after`
     /// from now (and a moment more for its reconcile to come round).
     pub fn owe_create(&self, token: &ApiToken, after: Duration) {
-        let until = Instant::now() + after.min(MAX_OWED) + OWED_MARGIN;
+        let now = Instant::now();
+        let until = now + after.min(MAX_OWED) + OWED_MARGIN;
         let mut owed = lock(&self.creates_owed);
+        // Tokens nobody asks about any more (their objects gone) are not kept for ever.
+        owed.retain(|_, at| *at > now);
         let at = owed.entry(token.clone()).or_insert(until);
         *at = (*at).max(until);
     }
@@ -572,6 +575,13 @@ mod tests {
             "owed no longer once the time is past"
         );
         assert!(lock(&c.creates_owed).is_empty(), "and forgotten");
+        lock(&c.creates_owed).insert(token.clone(), Instant::now());
+        c.owe_create(&other, Duration::from_secs(1));
+        assert_eq!(
+            lock(&c.creates_owed).keys().collect::<Vec<_>>(),
+            [&other],
+            "a token past its time is dropped when another owes"
+        );
     }
 
     #[test]

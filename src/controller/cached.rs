@@ -8,10 +8,17 @@
 //! reconcile worked out once when it arrives: its name, what wakes it, the Secrets it refers to
 //! and where it stands for the object gauges. A reconcile decodes the whole object (a few
 //! microseconds), as do the rare paths that look at other objects' states (claims).
+//!
+//! The JSON is kept LZ4-compressed against a dictionary of typical objects ([`DICTIONARY`]).
+//! Most of an object is field names, our own condition messages and the same deployment id,
+//! timestamps and fingerprint several times over: at 10,000 objects the JSON was 15.6 MB of a
+//! 56 MB heap, about 1.5 kB an object. Compressing one object (microseconds) happens once per
+//! watch event; decompressing is faster than decoding the JSON it gives.
 
 use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
 
 use kube::api::ObjectMeta;
 use kube::core::NamespaceResourceScope;
@@ -32,8 +39,8 @@ pub struct Cached {
     /// reflector key objects by.
     meta: ObjectMeta,
     /// The object without managed fields nor kubectl's last-applied copy ([`slim`]), as
-    /// compact JSON.
-    json: Box<[u8]>,
+    /// compact JSON compressed against [`dictionary`] ([`pack`]).
+    packed: Box<[u8]>,
     wake: u64,
     /// `spec.credentialsSecretRef.name`, when the spec names one.
     credentials: Option<String>,
@@ -70,14 +77,14 @@ impl Cached {
                 .collect(),
             standing: standing(&obj),
             names: State::named_by(&obj).into_boxed_slice(),
-            json: serde_json::to_vec(&obj)?.into_boxed_slice(),
+            packed: pack(&serde_json::to_vec(&obj)?),
             meta,
         })
     }
 
     /// The whole object (as slimmed).
     pub fn object(&self) -> Result<GitDeployment, serde_json::Error> {
-        serde_json::from_slice(&self.json)
+        serde_json::from_slice(&unpack(&self.packed)?)
     }
 
     /// What wakes the object: see [`wake_hash`].
@@ -110,7 +117,7 @@ impl std::fmt::Debug for Cached {
             .field("namespace", &self.meta.namespace)
             .field("name", &self.meta.name)
             .field("resource_version", &self.meta.resource_version)
-            .field("bytes", &self.json.len())
+            .field("packed_bytes", &self.packed.len())
             .finish()
     }
 }
@@ -195,6 +202,41 @@ fn slim(obj: &mut GitDeployment) {
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Typical objects (queued, succeeded; the fields, messages and shapes of values the operator
+/// writes), from which [`dictionary`] is made.
+const DICTIONARY: &str = include_str!("cache_dictionary.json");
+
+/// The compression dictionary: [`DICTIONARY`]'s objects as the cache serializes objects, so
+/// that field order and spacing match. Empty (plain LZ4) if they did not read as objects, which
+/// a unit test rules out.
+fn dictionary() -> &'static [u8] {
+    static BUILT: OnceLock<Vec<u8>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        serde_json::from_str::<Vec<GitDeployment>>(DICTIONARY)
+            .ok()
+            .and_then(|objects| {
+                objects
+                    .iter()
+                    .map(serde_json::to_vec)
+                    .collect::<Result<Vec<_>, _>>()
+                    .ok()
+            })
+            .map(|each| each.concat())
+            .unwrap_or_default()
+    })
+}
+
+/// `json` compressed against the dictionary, its length in front.
+fn pack(json: &[u8]) -> Box<[u8]> {
+    lz4_flex::block::compress_prepend_size_with_dict(json, dictionary()).into_boxed_slice()
+}
+
+/// What [`pack`] made, as it was. Only corrupt memory could fail: it is told, not panicked on.
+fn unpack(packed: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+    lz4_flex::block::decompress_size_prepended_with_dict(packed, dictionary())
+        .map_err(|e| serde_json::Error::custom(format!("cached object does not decompress: {e}")))
+}
 
 #[cfg(test)]
 mod tests {
@@ -342,6 +384,71 @@ mod tests {
         .unwrap();
         assert!(plain.refers_to("gitdev-credentials", "gitdev-credentials"));
         assert!(!plain.refers_to("team-token", "gitdev-credentials"));
+    }
+
+    #[test]
+    fn the_compression_dictionary_is_made_of_objects_as_the_cache_writes_them() {
+        let objects: Vec<GitDeployment> = serde_json::from_str(DICTIONARY).unwrap();
+        assert!(objects.len() >= 2);
+        let written: Vec<u8> = objects
+            .iter()
+            .flat_map(|o| serde_json::to_vec(o).unwrap())
+            .collect();
+        assert_eq!(dictionary(), written.as_slice());
+    }
+
+    #[test]
+    fn a_typical_object_is_kept_in_well_under_half_its_json_and_comes_back_whole() {
+        // Another object than the dictionary's: its own name, uid, ids, times and digests.
+        let o: GitDeployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "git.dev/v1alpha1",
+            "kind": "Deployment",
+            "metadata": {
+                "annotations": {ANNOTATION_STATE: "{\"fingerprint\":\"v2.77c1e0d2.93ab41f07c2d58e6a1b4f0c9d3e27a85.4c1f9e2ab7d06385e1f4a92cb07d3e61\",\"id\":\"dep_7hq2v0lxke\",\"sig\":\"77c1e0d2:b41f07c2d58e6a1b4f0c9d3e27a8593a\"}"},
+                "creationTimestamp": "2026-12-09T11:42:07Z",
+                "finalizers": [FINALIZER],
+                "generation": 3,
+                "name": "checkout-api-4817",
+                "namespace": "shop",
+                "resourceVersion": "9917342",
+                "uid": "c4e1a2b7-5d90-4f3e-9a61-7b2c8d0e4f13",
+            },
+            "spec": {"projectId": "proj_a71mq0", "branch": "release", "envVars": {"INDEX": "4817"}},
+            "status": {
+                "commitSha": "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432",
+                "completedAt": "2026-12-09T11:42:15Z",
+                "conditions": [
+                    {"lastTransitionTime": "2026-12-09T11:42:15Z", "message": "deployment dep_7hq2v0lxke succeeded and is live at https://dep_7hq2v0lxke.git.dev", "observedGeneration": 3, "reason": "Succeeded", "status": "True", "type": "Ready"},
+                    {"lastTransitionTime": "2026-12-09T11:42:15Z", "message": "deployment dep_7hq2v0lxke succeeded and is live at https://dep_7hq2v0lxke.git.dev", "observedGeneration": 3, "reason": "Succeeded", "status": "False", "type": "Reconciling"},
+                    {"lastTransitionTime": "2026-12-09T11:42:07Z", "message": "deployment dep_7hq2v0lxke succeeded and is live at https://dep_7hq2v0lxke.git.dev", "observedGeneration": 3, "reason": "Succeeded", "status": "False", "type": "Stalled"},
+                ],
+                "createdAt": "2026-12-09T11:42:08Z",
+                "deployUrl": "https://dep_7hq2v0lxke.git.dev",
+                "deploymentId": "dep_7hq2v0lxke",
+                "observedGeneration": 3,
+                "shortCommit": "9f8e7d6",
+                "specFingerprint": "v2.77c1e0d2.93ab41f07c2d58e6a1b4f0c9d3e27a85.4c1f9e2ab7d06385e1f4a92cb07d3e61",
+                "status": "success",
+                "url": "https://dep_7hq2v0lxke.git.dev",
+            },
+        }))
+        .unwrap();
+        let json = serde_json::to_vec(&o).unwrap();
+        let cached = Cached::of(o.clone()).unwrap();
+        assert_eq!(cached.object().unwrap(), o);
+        assert!(
+            cached.packed.len() * 100 <= json.len() * 35,
+            "{} bytes kept for {} of JSON",
+            cached.packed.len(),
+            json.len()
+        );
+    }
+
+    #[test]
+    fn a_corrupt_cache_entry_is_an_error_not_a_panic() {
+        let mut packed = pack(br#"{"apiVersion":"git.dev/v1alpha1"}"#).into_vec();
+        packed.truncate(packed.len() / 2);
+        assert!(unpack(&packed).is_err());
     }
 
     #[test]

@@ -83,13 +83,14 @@ impl fmt::Display for Endpoint {
 }
 
 /// An API token. It is only ever sent in the `Authorization` header: `Debug` and `Display`
-/// print a redacted form, so it cannot reach a log by accident.
+/// print a redacted form, so it cannot reach a log by accident. Shared, not copied: every
+/// object remembers the token that last worked for it, and the per-token maps key by it.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct ApiToken(String);
+pub struct ApiToken(std::sync::Arc<str>);
 
 impl ApiToken {
     pub fn new(token: impl Into<String>) -> Self {
-        Self(token.into())
+        Self(token.into().into())
     }
 
     /// The secret itself, for the `Authorization` header only.

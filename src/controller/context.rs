@@ -4,6 +4,7 @@
 //! state is pruned when an object goes away, so that it stays as large as the live workload.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -213,6 +214,9 @@ type Gates = Mutex<HashMap<(ApiToken, String), Arc<RwLock<()>>>>;
 /// How long a deployment created here stays claimed in memory: by then the store has long
 /// shown every object's own record of its deployments.
 const CLAIM_MEMORY: Duration = Duration::from_secs(600);
+
+/// `created_here` is not pruned below this many entries.
+const CREATED_PRUNE_FLOOR: usize = 64;
 /// The longest a refused create holds observation back (a `Retry-After` is the API's word,
 /// not trusted to be short).
 const MAX_OWED: Duration = Duration::from_secs(60);
@@ -232,6 +236,8 @@ pub struct Coordination {
     /// Deployments this process created, by id: claimed before the object's own record of
     /// them reaches the store.
     created_here: Mutex<HashMap<String, Made>>,
+    /// How large `created_here` may grow before it is pruned again (written under its lock).
+    created_prune_at: AtomicUsize,
     /// The last token that worked for each object (by uid): a namespace's teardown deletes
     /// its token Secret before its objects, and their cleanup still needs it.
     tokens: Mutex<HashMap<String, ApiToken>>,
@@ -291,7 +297,11 @@ impl Coordination {
     pub fn remember_token(&self, uid: &str, token: &ApiToken) {
         let mut tokens = lock(&self.tokens);
         if tokens.get(uid) != Some(token) {
-            tokens.insert(uid.to_string(), token.clone());
+            // The objects of a namespace mostly share one token: keep one copy of it, not one
+            // per object (each reconcile reads its own from the Secret).
+            let shared = tokens.values().next().filter(|t| *t == token);
+            let token = shared.unwrap_or(token).clone();
+            tokens.insert(uid.to_string(), token);
         }
     }
 
@@ -354,7 +364,15 @@ impl Coordination {
     /// `intent_at`) was answered.
     pub fn note_created(&self, uid: &str, intent_at: Timestamp, answer: Arc<DeploymentDetails>) {
         let mut created = lock(&self.created_here);
-        created.retain(|_, made| made.at.elapsed() < CLAIM_MEMORY);
+        // Pruned when it has doubled since the last pruning, not on every create: a burst of
+        // 10,000 creates scanned the whole map each time, 50 million looks at the clock.
+        let prune_at = self.created_prune_at.load(Ordering::Relaxed);
+        if created.len() >= prune_at {
+            let now = Instant::now();
+            created.retain(|_, made| now.duration_since(made.at) < CLAIM_MEMORY);
+            let next = created.len().saturating_mul(2).max(CREATED_PRUNE_FLOOR);
+            self.created_prune_at.store(next, Ordering::Relaxed);
+        }
         created.insert(
             answer.id.clone(),
             Made {

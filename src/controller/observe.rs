@@ -445,6 +445,9 @@ impl Observer {
             false
         });
         phases.retain(|id, _| wanted.contains_key(id));
+        shrink_if_sparse(wanted);
+        shrink_if_sparse(finished);
+        shrink_if_sparse(phases);
         for wid in wanted.keys() {
             if let Some(&status) = seen.get(wid) {
                 match phases.get(wid) {
@@ -527,6 +530,14 @@ impl Observer {
             let v = lock(&tv.view);
             !v.wanted.is_empty() || !v.finished.is_empty()
         });
+    }
+}
+
+/// A map a burst filled and that has mostly drained: its table stays as large as it ever was
+/// unless shrunk (at 10,000 objects, 2.2 MB of empty slots for the deployments waited on).
+fn shrink_if_sparse<V>(map: &mut HashMap<String, V>) {
+    if map.capacity() > map.len().saturating_mul(4).max(64) {
+        map.shrink_to_fit();
     }
 }
 

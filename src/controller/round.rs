@@ -406,6 +406,12 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                     source,
                 })?;
             self.ctx.metrics.kubernetes_write("status");
+            if let Some(id) = status.deployment_id.as_deref()
+                && self.state.id.as_deref() == Some(id)
+                && self.state.is_recorded_on(&self.obj, &self.ctx.config.key)
+            {
+                self.ctx.coordination.note_mirrored(id);
+            }
             if status.status.is_some() && status.status != previous.status {
                 self.ctx.metrics.remote_transition();
             }

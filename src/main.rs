@@ -196,11 +196,26 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist: see `one_arena`.
+    gitdev::memory::one_arena();
     let args = Args::parse();
     init_logging(args.log_format);
     gitdev::memory::start_trimming(args.heap_trim_step_mib.saturating_mul(1 << 20));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gitdev-operator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(operate(args))
+}
+
+async fn operate(args: Args) -> ExitCode {
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -95,6 +95,22 @@ pub fn trim() -> bool {
     }
 }
 
+/// Makes every thread allocate from one heap (glibc's `M_ARENA_MAX` of 1). glibc gives a
+/// thread that finds the heap busy an arena of its own, and each arena keeps its own free
+/// memory: with the runtime's workers, the trimming thread and blocking threads, the
+/// operator's freed memory was spread over several. The operator allocates from two worker
+/// threads, so contention on one arena is small. 10,000 objects: peak RSS 70.5 → 67.7 MiB.
+/// Must run before any other thread starts.
+pub fn one_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt takes no pointers; called before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
 /// Starts a thread that trims the heap as [`Trimming`] says, `step_bytes` of growth apart.
 /// Does nothing when `step_bytes` is 0 or resident memory cannot be read.
 pub fn start_trimming(step_bytes: u64) {

@@ -30,6 +30,18 @@ fn log() -> String {
     std::env::var("GITDEV_BENCH_LOG").unwrap_or_else(|_| "info,kube=warn".into())
 }
 
+/// More environment for the operator alone, `GITDEV_BENCH_OPERATOR_ENV="K=V K=V"`: a profiler's
+/// preload library and its output (docs/performance.md), which the benchmark's own process,
+/// kubectl and the control plane must not load.
+fn operator_env() -> Vec<(String, String)> {
+    std::env::var("GITDEV_BENCH_OPERATOR_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn epoch_of(v: &serde_json::Value) -> Option<f64> {
     let t: jiff::Timestamp = v.as_str()?.parse().ok()?;
     Some(t.as_nanosecond() as f64 / 1e9)
@@ -87,7 +99,11 @@ fn measure(cluster: &Cluster, w: &Workload) -> RunFigures {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let ns = rt.block_on(cluster.namespace("bench"));
     let sim = Sim::start(w.phase);
-    let op = Operator::start_with_env(cluster, &sim.api_url(), &ns, &[], &[("RUST_LOG", &log())]);
+    let extra_env = operator_env();
+    let log = log();
+    let mut env: Vec<(&str, &str)> = vec![("RUST_LOG", &log)];
+    env.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let op = Operator::start_with_env(cluster, &sim.api_url(), &ns, &[], &env);
     let secret = format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: gitdev-credentials\nstringData:\n  token: {}\n",
         w.token

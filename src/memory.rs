@@ -98,9 +98,11 @@ pub fn trim() -> bool {
 /// Makes every thread allocate from one heap (glibc's `M_ARENA_MAX` of 1). glibc gives a
 /// thread that finds the heap busy an arena of its own, and each arena keeps its own free
 /// memory: with the runtime's workers, the trimming thread and blocking threads, the
-/// operator's freed memory was spread over several. The operator allocates from two worker
-/// threads, so contention on one arena is small. 10,000 objects: peak RSS 70.5 → 67.7 MiB.
-/// Must run before any other thread starts.
+/// operator's freed memory was spread over several. Contention on the one arena is small:
+/// glibc serves most small allocations from each thread's own cache (tcache) without its lock,
+/// the runtime has a worker per CPU the pod may use, and the operator's work is mostly waiting
+/// (2.7 CPU seconds per 1,000 deployments at 10,000 objects, as before the change). 10,000
+/// objects: peak RSS 70.5 → 67.7 MiB. Must run before any other thread starts.
 pub fn one_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -406,9 +406,9 @@ impl<'a, A: DeploymentsApi> Round<'a, A> {
                     source,
                 })?;
             self.ctx.metrics.kubernetes_write("status");
+            // `note_mirrored` keeps the answer unless this process saw the id's state write land.
             if let Some(id) = status.deployment_id.as_deref()
                 && self.state.id.as_deref() == Some(id)
-                && self.state.is_recorded_on(&self.obj, &self.ctx.config.key)
             {
                 self.ctx.coordination.note_mirrored(id);
             }
